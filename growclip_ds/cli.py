@@ -1,0 +1,131 @@
+"""``growclip-ds``: data, evaluation and the demo job.
+
+    growclip-ds data make --config demo            # built-in growing corpus -> data/builtin
+    growclip-ds data split /path/to/img2dataset --steps 4
+    growclip-ds eval runs/demo/step1 --config demo
+    growclip-ds demo                               # make data, train on 2 ranks, report
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_make(args) -> int:
+    from .data.builtin import make_builtin
+
+    cfg = load_config(args.config, args.set)
+    d = cfg.data
+    root = Path(args.root or d.root)
+    if (root / "manifest.parquet").exists() and not args.force:
+        print(f"{root}/manifest.parquet exists; use --force to remake it")
+        return 0
+    m = make_builtin(root, d.num_steps, d.samples_per_step, d.shard_size, d.eval_per_class, d.retrieval_size,
+                     vocab_size=cfg.arch.vocab_size, seed=args.seed)
+    print(f"wrote {len(m.entries)} shards, N^t = {[m.num_samples(t) for t in range(1, m.num_steps + 1)]} to {root}")
+    return 0
+
+
+def _data_split(args) -> int:
+    from .data.manifest import split_shards
+
+    m = split_shards(args.root, args.steps, args.seed)
+    for t in range(1, args.steps + 1):
+        print(f"step {t}: {len(m.shards([t]))} shards, N^{t} = {m.num_samples(t)}")
+    print(f"wrote {Path(args.root) / 'manifest.parquet'}")
+    return 0
+
+
+def _eval(args) -> int:
+    from .eval.evaluate import EvalSets, evaluate
+    from .model import GrowCLIP
+    from .train.checkpoint import read_model
+    from .train.loop import load_tokenizer
+
+    cfg = load_config(args.config, args.set)
+    sd, arch = read_model(Path(args.model))
+    model = GrowCLIP(arch)
+    model.load_state_dict(sd)
+    res = evaluate(model, EvalSets(cfg.data.root, arch.image_size), load_tokenizer(cfg, arch))
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+def launch_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("DS_ACCELERATOR", "cpu")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env["PYTHONPATH"] = f"{REPO}:{env.get('PYTHONPATH', '')}"
+    return env
+
+
+def _demo(args) -> int:
+    cfg = load_config(args.config, args.set)
+    run_dir = Path(args.run_dir or f"runs/{cfg.name}")
+    if not (Path(cfg.data.root) / "manifest.parquet").exists():
+        _data_make(argparse.Namespace(config=args.config, set=args.set, root=None, force=False, seed=0))
+    steps = range(1, (args.steps or 1) + 1)
+    for step in steps:
+        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(args.ranks),
+               "--master_port", str(args.port), str(REPO / "launchers" / "grow.py"), "--step", str(step),
+               "--config", args.config, "--run-dir", str(run_dir)] + sum((["--set", s] for s in args.set), [])
+        print("+", " ".join(cmd), flush=True)
+        rc = subprocess.call(cmd, env=launch_env())
+        if rc:
+            print(f"step {step} failed with exit code {rc}; re-run the same command to resume", file=sys.stderr)
+            return rc
+    from .report import summarize_run
+
+    print(summarize_run(run_dir))
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="growclip-ds", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default="demo", help="preset name or JSON file")
+    common.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+
+    data = sub.add_parser("data", help="make or split image-text shards").add_subparsers(dest="what", required=True)
+    mk = data.add_parser("make", parents=[common], help="write the built-in growing corpus")
+    mk.add_argument("--root", default=None, help="output folder (default: data.root)")
+    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--force", action="store_true")
+    mk.set_defaults(fn=_data_make)
+    sp = data.add_parser("split", help="growth manifest from an img2dataset folder (random equal split)")
+    sp.add_argument("root")
+    sp.add_argument("--steps", type=int, default=4)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(fn=_data_split)
+
+    ev = sub.add_parser("eval", parents=[common], help="zero-shot and retrieval eval of a consolidated model")
+    ev.add_argument("model", help="a step folder holding model.safetensors and arch.json")
+    ev.set_defaults(fn=_eval)
+
+    dm = sub.add_parser("demo", parents=[common], help="the main job: data, training on N ranks, report")
+    dm.add_argument("--run-dir", default=None)
+    dm.add_argument("--ranks", type=int, default=2)
+    dm.add_argument("--steps", type=int, default=None, help="growth steps to run (default: 1)")
+    dm.add_argument("--port", type=int, default=29611)
+    dm.set_defaults(fn=_demo)
+
+    args = p.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

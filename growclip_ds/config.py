@@ -1,0 +1,325 @@
+"""Typed, validated configuration and named presets.
+
+Every run is described by one ``RunConfig`` (architecture, training, data, growth). Configs come
+from a preset name or a JSON file, plus ``--set section.field=value`` overrides, and are validated
+before any process group starts: a bad value raises one ``ConfigError`` naming the field.
+
+    >>> cfg = load_config("demo", ["train.lr=0.002"])
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields, asdict
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and what to do."""
+
+
+def _check(cond: bool, name: str, msg: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{name}: {msg} (got {value!r})")
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """One CLIP architecture: a point of the growth space (GROWCLIP.md section 2)."""
+
+    img_conv_layers: int = 1      # l^I: elastic stride-1 conv layers of the stem
+    img_blocks: int = 6           # b^I
+    img_heads: int = 6            # h^I, image width = img_heads * head_dim
+    txt_blocks: int = 6           # b^T
+    txt_heads: int = 4            # h^T, text width = txt_heads * head_dim
+    shared_blocks: int = 0        # b^S
+    head_dim: int = 64
+    image_size: int = 224
+    patch_size: int = 16
+    context_length: int = 77
+    embed_dim: int = 512          # joint space width, also the shared encoder's width D^S
+    stem_channels: int = 64       # C of the conv stem
+    stem: str = "conv"            # "conv" (GrowCLIP) or "patch" (CLIP's plain patch embedding)
+    vocab_size: int = 49408
+    mlp_ratio: int = 4
+
+    @property
+    def img_width(self) -> int:
+        return self.img_heads * self.head_dim
+
+    @property
+    def txt_width(self) -> int:
+        return self.txt_heads * self.head_dim
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    def validate(self, prefix: str = "arch") -> "ArchConfig":
+        for f in ("img_blocks", "img_heads", "txt_blocks", "txt_heads", "head_dim", "image_size",
+                  "patch_size", "context_length", "embed_dim", "vocab_size", "mlp_ratio"):
+            v = getattr(self, f)
+            _check(isinstance(v, int) and v >= 1, f"{prefix}.{f}", "must be an integer >= 1", v)
+        for f in ("img_conv_layers", "shared_blocks", "stem_channels"):
+            v = getattr(self, f)
+            _check(isinstance(v, int) and v >= 0, f"{prefix}.{f}", "must be an integer >= 0", v)
+        _check(self.stem in ("conv", "patch"), f"{prefix}.stem", "must be 'conv' or 'patch'", self.stem)
+        _check(self.image_size % self.patch_size == 0, f"{prefix}.patch_size",
+               f"must divide image_size={self.image_size}", self.patch_size)
+        if self.stem == "conv":
+            _check(self.patch_size >= 2 and self.patch_size % 2 == 0, f"{prefix}.patch_size",
+                   "must be even with the conv stem (its first conv has stride 2)", self.patch_size)
+            _check(self.stem_channels >= 1, f"{prefix}.stem_channels", "must be >= 1 with stem='conv'",
+                   self.stem_channels)
+        else:
+            _check(self.img_conv_layers == 0, f"{prefix}.img_conv_layers",
+                   "must be 0 with stem='patch' (no conv stem)", self.img_conv_layers)
+        _check(self.context_length >= 3, f"{prefix}.context_length", "must be >= 3 (start, token, end)",
+               self.context_length)
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, prefix: str = "arch") -> "ArchConfig":
+        return _from_dict(cls, d, prefix)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one phase trains (GROWCLIP.md section 5 gives the paper's values)."""
+
+    global_batch: int = 1536
+    micro_batch: int = 96
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    warmup_steps: int = 4000
+    epochs: float = 30.0          # passes over D^t; ignored when num_samples > 0
+    num_samples: int = 0          # total samples to train on; 0 means use epochs
+    optimizer: str = "lamb"       # "lamb" (timm, as the paper) or "adamw"
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-6
+    grad_clip: float = 1.0        # 0 disables clipping
+    zero_stage: int = 2
+    precision: str = "fp32"       # "fp32" (CPU), "bf16" or "fp16" (GPU)
+    seed: int = 0
+    checkpoint_every: int = 0     # optimizer steps between checkpoints; 0: only at the end
+    log_every: int = 10
+    grad_checkpointing: bool = False
+
+    def validate(self, prefix: str = "train") -> "TrainConfig":
+        for f in ("global_batch", "micro_batch"):
+            v = getattr(self, f)
+            _check(isinstance(v, int) and v >= 1, f"{prefix}.{f}", "must be an integer >= 1", v)
+        _check(self.global_batch % self.micro_batch == 0, f"{prefix}.global_batch",
+               f"must be a multiple of micro_batch={self.micro_batch}", self.global_batch)
+        _check(self.lr > 0 and math.isfinite(self.lr), f"{prefix}.lr", "must be a positive number", self.lr)
+        _check(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0", self.weight_decay)
+        _check(self.warmup_steps >= 0, f"{prefix}.warmup_steps", "must be >= 0", self.warmup_steps)
+        _check(self.epochs > 0 or self.num_samples > 0, f"{prefix}.epochs",
+               "must be > 0 unless num_samples > 0", self.epochs)
+        _check(self.num_samples >= 0, f"{prefix}.num_samples", "must be >= 0", self.num_samples)
+        _check(self.optimizer in ("lamb", "adamw"), f"{prefix}.optimizer", "must be 'lamb' or 'adamw'",
+               self.optimizer)
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{prefix}.betas",
+               "must be two numbers in [0, 1)", self.betas)
+        _check(self.grad_clip >= 0, f"{prefix}.grad_clip", "must be >= 0", self.grad_clip)
+        _check(self.zero_stage in (0, 1, 2, 3), f"{prefix}.zero_stage", "must be 0, 1, 2 or 3", self.zero_stage)
+        _check(self.precision in ("fp32", "bf16", "fp16"), f"{prefix}.precision",
+               "must be 'fp32', 'bf16' or 'fp16'", self.precision)
+        _check(self.checkpoint_every >= 0, f"{prefix}.checkpoint_every", "must be >= 0", self.checkpoint_every)
+        _check(self.log_every >= 1, f"{prefix}.log_every", "must be >= 1", self.log_every)
+        return self
+
+    def grad_accum(self, world_size: int, prefix: str = "train") -> int:
+        """Gradient accumulation steps so that micro_batch x world x accum == global_batch."""
+        per_step = self.micro_batch * world_size
+        _check(self.global_batch % per_step == 0, f"{prefix}.global_batch",
+               f"must be a multiple of micro_batch x world_size = {self.micro_batch} x {world_size}",
+               self.global_batch)
+        return self.global_batch // per_step
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the image-text shards are and how they are read."""
+
+    root: str = "data/builtin"        # folder holding manifest.parquet (or img2dataset shards)
+    tokenizer: str = ""               # tokenizer folder; empty: <root>/tokenizer
+    num_workers: int = 0              # DataLoader workers per rank
+    resample: bool = True             # draw shards with replacement (seeded per epoch/rank/worker)
+    shuffle_buffer: int = 256
+    # built-in corpus generator (growclip-ds data make)
+    num_steps: int = 4                # T, growth steps of the built-in corpus
+    samples_per_step: int = 2048
+    shard_size: int = 256
+    eval_per_class: int = 40          # held-out images per class of each zero-shot task
+    retrieval_size: int = 400
+
+    def validate(self, prefix: str = "data") -> "DataConfig":
+        _check(bool(self.root), f"{prefix}.root", "must name a folder", self.root)
+        for f in ("num_steps", "samples_per_step", "shard_size", "eval_per_class", "retrieval_size"):
+            v = getattr(self, f)
+            _check(isinstance(v, int) and v >= 1, f"{prefix}.{f}", "must be an integer >= 1", v)
+        _check(self.num_workers >= 0, f"{prefix}.num_workers", "must be >= 0", self.num_workers)
+        _check(self.shuffle_buffer >= 0, f"{prefix}.shuffle_buffer", "must be >= 0", self.shuffle_buffer)
+        return self
+
+
+@dataclass(frozen=True)
+class GrowthConfig:
+    """Growth space deltas and PIM/GAS constants (GROWCLIP.md sections 3-5)."""
+
+    delta_img_blocks: int = 4
+    delta_img_heads: int = 4
+    delta_conv_layers: int = 2
+    delta_txt_blocks: int = 4
+    delta_txt_heads: int = 4
+    delta_shared_blocks: int = 4
+    beta: float = 0.3
+    gamma: float = 0.001
+    alpha: float = 0.5
+    copy_logit_scale: bool = True
+
+    def validate(self, prefix: str = "growth") -> "GrowthConfig":
+        for f in fields(self):
+            if f.name.startswith("delta_"):
+                v = getattr(self, f.name)
+                _check(isinstance(v, int) and v >= 0, f"{prefix}.{f.name}", "must be an integer >= 0", v)
+        _check(self.beta >= 0 and self.gamma >= 0, f"{prefix}.beta", "beta and gamma must be >= 0",
+               (self.beta, self.gamma))
+        _check(self.alpha >= 0, f"{prefix}.alpha", "must be >= 0", self.alpha)
+        return self
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    growth: GrowthConfig = field(default_factory=GrowthConfig)
+    name: str = "custom"
+
+    def validate(self) -> "RunConfig":
+        self.arch.validate()
+        self.train.validate()
+        self.data.validate()
+        self.growth.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"{sorted(unknown)[0]}: unknown config section; known: arch, train, data, growth, name")
+        return cls(arch=ArchConfig.from_dict(d.get("arch", {}), "arch"),
+                   train=_from_dict(TrainConfig, d.get("train", {}), "train"),
+                   data=_from_dict(DataConfig, d.get("data", {}), "data"),
+                   growth=_from_dict(GrowthConfig, d.get("growth", {}), "growth"),
+                   name=d.get("name", "custom"))
+
+
+def _coerce(ftype: Any, value: Any, name: str) -> Any:
+    """Convert a JSON or command-line value to the field's declared type."""
+    t = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
+    try:
+        if t == "bool":
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1")
+            return bool(value)
+        if t == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if t == "float":
+            return float(value)
+        if t == "tuple":
+            if isinstance(value, str):
+                value = json.loads(value)
+            return tuple(float(v) for v in value)
+        return str(value)
+    except (TypeError, ValueError, json.JSONDecodeError):
+        raise ConfigError(f"{name}: expected {t} (got {value!r})") from None
+
+
+def _from_dict(cls, d: dict, prefix: str):
+    known = {f.name: f for f in fields(cls)}
+    for k in d:
+        if k not in known:
+            raise ConfigError(f"{prefix}.{k}: unknown field; known fields: {', '.join(sorted(known))}")
+    return cls(**{k: _coerce(known[k].type, v, f"{prefix}.{k}") for k, v in d.items()})
+
+
+# ----------------------------------------------------------------------------- presets
+_TINY_ARCH = ArchConfig(img_conv_layers=1, img_blocks=2, img_heads=2, txt_blocks=2, txt_heads=2,
+                        shared_blocks=0, head_dim=16, image_size=32, patch_size=8, context_length=16,
+                        embed_dim=32, stem_channels=8, vocab_size=512)
+_DEMO_ARCH = ArchConfig(img_conv_layers=1, img_blocks=2, img_heads=2, txt_blocks=2, txt_heads=2,
+                        shared_blocks=0, head_dim=16, image_size=32, patch_size=4, context_length=20,
+                        embed_dim=48, stem_channels=16, vocab_size=512)
+
+PRESETS: dict[str, RunConfig] = {
+    "tiny": RunConfig(
+        name="tiny", arch=_TINY_ARCH,
+        train=TrainConfig(global_batch=32, micro_batch=16, lr=2e-3, warmup_steps=2, epochs=1.0,
+                          optimizer="adamw", weight_decay=0.01, zero_stage=2, log_every=1),
+        data=DataConfig(root="data/tiny", samples_per_step=128, shard_size=32, eval_per_class=4,
+                        retrieval_size=32, shuffle_buffer=32),
+        growth=GrowthConfig(delta_img_blocks=1, delta_img_heads=1, delta_conv_layers=1,
+                            delta_txt_blocks=1, delta_txt_heads=1, delta_shared_blocks=1)),
+    "demo": RunConfig(
+        name="demo", arch=_DEMO_ARCH,
+        train=TrainConfig(global_batch=128, micro_batch=64, lr=3e-3, warmup_steps=50, epochs=12.0,
+                          optimizer="lamb", weight_decay=1e-4, zero_stage=2, checkpoint_every=100,
+                          log_every=10),
+        data=DataConfig(root="data/builtin", samples_per_step=3072, shard_size=256),
+        growth=GrowthConfig(delta_img_blocks=2, delta_img_heads=2, delta_conv_layers=1,
+                            delta_txt_blocks=2, delta_txt_heads=2, delta_shared_blocks=2)),
+    "paper": RunConfig(name="paper", arch=ArchConfig()),
+    "vit-b-16": RunConfig(
+        name="vit-b-16",
+        arch=ArchConfig(img_conv_layers=0, img_blocks=12, img_heads=12, txt_blocks=12, txt_heads=8,
+                        shared_blocks=0, stem="patch", stem_channels=0)),
+}
+
+
+def load_config(source: str, overrides: list[str] | None = None) -> RunConfig:
+    """A preset name or a JSON file path, then ``section.field=value`` overrides, validated."""
+    if source in PRESETS:
+        d = PRESETS[source].to_dict()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config: {source!r} is neither a preset ({', '.join(PRESETS)}) nor a JSON file")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config: {path} is not valid JSON ({e})") from None
+        if "preset" in d:  # a file may start from a preset and change a few fields
+            base = load_config(d.pop("preset")).to_dict()
+            for sec, vals in d.items():
+                base[sec] = {**base[sec], **vals} if isinstance(vals, dict) else vals
+            d = base
+    for ov in overrides or []:
+        if "=" not in ov or "." not in ov.split("=", 1)[0]:
+            raise ConfigError(f"override {ov!r}: expected section.field=value, e.g. train.lr=0.001")
+        key, value = ov.split("=", 1)
+        sec, fname = key.split(".", 1)
+        if sec not in ("arch", "train", "data", "growth"):
+            raise ConfigError(f"{key}: unknown config section {sec!r}; known: arch, train, data, growth")
+        d[sec] = {**d.get(sec, {}), fname: value}
+    return RunConfig.from_dict(d).validate()
+
+
+def replace(cfg, **changes):
+    """dataclasses.replace that re-validates frozen configs."""
+    out = dataclasses.replace(cfg, **changes)
+    return out.validate() if hasattr(out, "validate") else out

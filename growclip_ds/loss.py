@@ -1,0 +1,30 @@
+"""Symmetric contrastive (CLIP) loss over the global batch, in local-loss form.
+
+Each rank scores its own images against every rank's texts (and vice versa); features are
+gathered *with* gradient, so after the data-parallel gradient average the update equals that of
+the single-process loss over the global batch (the open_clip local_loss + gather_with_grad form).
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank in rank order; gradients flow back to each owner."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+    return torch.cat(all_gather(x), dim=0)
+
+
+def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Mean of image->text and text->image cross-entropies; ``img``/``txt`` are this rank's
+    normalised features, ``logit_scale`` is exp(log-scale), already clamped by the model."""
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    all_img, all_txt = gather_with_grad(img), gather_with_grad(txt)
+    labels = torch.arange(img.shape[0], device=img.device) + rank * img.shape[0]
+    logits_i2t = logit_scale * img @ all_txt.T
+    logits_t2i = logit_scale * txt @ all_img.T
+    return 0.5 * (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels))

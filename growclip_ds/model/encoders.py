@@ -1,0 +1,127 @@
+"""The three encoders of GrowCLIP: conv-stem ViT (image), causal transformer (text), shared stack.
+
+Each encoder is built at its largest size and runs any smaller size set by ``set_active``.
+Outputs are token sequences already projected to the shared width D^S (= embed_dim).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .elastic import Block, ElasticLinear, SharedBlock
+
+
+def _run_blocks(blocks, x, n: int, grad_ckpt: bool, *args):
+    for blk in list(blocks)[:n]:
+        x = checkpoint(blk, x, *args, use_reentrant=False) if grad_ckpt and x.requires_grad else blk(x, *args)
+    return x
+
+
+class ConvLayer(nn.Module):
+    """3x3 conv + GroupNorm(1) + ReLU. GroupNorm(1) has no running statistics, so every rank,
+    every ZeRO stage and evaluation see the same function (BatchNorm would not)."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
+        self.norm = nn.GroupNorm(1, cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(self.conv(x)))
+
+
+class ElasticPatchify(nn.Module):
+    """Conv with kernel = stride that makes tokens; its output width is the active image width."""
+
+    def __init__(self, cin: int, width_max: int, patch: int, bias: bool):
+        super().__init__()
+        self.patch = patch
+        self.weight = nn.Parameter(torch.empty(width_max, cin, patch, patch))
+        self.bias = nn.Parameter(torch.empty(width_max)) if bias else None
+
+    def forward(self, x: torch.Tensor, width: int) -> torch.Tensor:
+        b = None if self.bias is None else self.bias[:width]
+        return F.conv2d(x, self.weight[:width], b, stride=self.patch)
+
+
+class ImageEncoder(nn.Module):
+    """Conv stem (stride-2 conv, l elastic stride-1 convs, patchify) or plain patch embedding,
+    then class token + learned positions, b pre-LN blocks, and a projection to D^S."""
+
+    def __init__(self, arch):
+        super().__init__()
+        w = arch.img_width
+        self.head_dim, self.stem_kind = arch.head_dim, arch.stem
+        if arch.stem == "conv":
+            c = arch.stem_channels
+            self.stem_in = ConvLayer(3, c, stride=2)
+            self.stem_layers = nn.ModuleList(ConvLayer(c, c, stride=1) for _ in range(arch.img_conv_layers))
+            self.patchify = ElasticPatchify(c, w, arch.patch_size // 2, bias=True)
+        else:
+            self.patchify = ElasticPatchify(3, w, arch.patch_size, bias=False)
+        self.cls_token = nn.Parameter(torch.empty(w))
+        self.pos_emb = nn.Parameter(torch.empty(arch.num_patches + 1, w))
+        self.blocks = nn.ModuleList(Block(w, arch.head_dim, arch.mlp_ratio, causal=False)
+                                    for _ in range(arch.img_blocks))
+        self.proj = ElasticLinear(w, arch.embed_dim)
+        self.set_active(arch.img_conv_layers, arch.img_blocks, arch.img_heads)
+        self.grad_checkpointing = False
+
+    def set_active(self, conv_layers: int, blocks: int, heads: int) -> None:
+        self.active = (conv_layers, blocks, heads)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        conv_layers, blocks, heads = self.active
+        width = heads * self.head_dim
+        x = images
+        if self.stem_kind == "conv":
+            x = self.stem_in(x)
+            for layer in list(self.stem_layers)[:conv_layers]:
+                x = layer(x)
+        x = self.patchify(x, width).flatten(2).transpose(1, 2)           # B, N, W
+        cls = self.cls_token[:width].expand(x.shape[0], 1, width)
+        x = torch.cat([cls, x], dim=1) + self.pos_emb[: x.shape[1] + 1, :width]
+        x = _run_blocks(self.blocks, x, blocks, self.grad_checkpointing)
+        return self.proj(x)
+
+
+class TextEncoder(nn.Module):
+    """Token + learned position embeddings, b causal pre-LN blocks, projection to D^S."""
+
+    def __init__(self, arch):
+        super().__init__()
+        w = arch.txt_width
+        self.head_dim = arch.head_dim
+        self.tok_emb = nn.Parameter(torch.empty(arch.vocab_size, w))
+        self.pos_emb = nn.Parameter(torch.empty(arch.context_length, w))
+        self.blocks = nn.ModuleList(Block(w, arch.head_dim, arch.mlp_ratio, causal=True)
+                                    for _ in range(arch.txt_blocks))
+        self.proj = ElasticLinear(w, arch.embed_dim)
+        self.set_active(arch.txt_blocks, arch.txt_heads)
+        self.grad_checkpointing = False
+
+    def set_active(self, blocks: int, heads: int) -> None:
+        self.active = (blocks, heads)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        blocks, heads = self.active
+        width = heads * self.head_dim
+        x = F.embedding(tokens, self.tok_emb)[..., :width] + self.pos_emb[: tokens.shape[1], :width]
+        x = _run_blocks(self.blocks, x, blocks, self.grad_checkpointing)
+        return self.proj(x)
+
+
+class SharedEncoder(nn.Module):
+    """b^S blocks whose attention/MLP weights both modalities use (LayerNorms per modality)."""
+
+    def __init__(self, arch):
+        super().__init__()
+        self.blocks = nn.ModuleList(SharedBlock(arch.embed_dim, arch.head_dim, arch.mlp_ratio)
+                                    for _ in range(arch.shared_blocks))
+        self.active_blocks = arch.shared_blocks
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor, modality: str) -> torch.Tensor:
+        return _run_blocks(self.blocks, x, self.active_blocks, self.grad_checkpointing, modality)

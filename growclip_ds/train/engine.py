@@ -1,0 +1,89 @@
+"""The one place that calls ``deepspeed.initialize``: ZeRO config, optimizer and schedule.
+
+The JSON in ``ds_configs/zero<stage>.json`` is merged with the run's values ("auto" fields) and
+the final config is written into the phase folder, so every run records what DeepSpeed saw.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from ..config import TrainConfig
+
+DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+
+
+def on_cpu() -> bool:
+    return not torch.cuda.is_available() or os.environ.get("DS_ACCELERATOR") == "cpu"
+
+
+def build_ds_config(train: TrainConfig, world_size: int, base: str | Path | None = None) -> dict:
+    """DeepSpeed config = ds_configs/zero<stage>.json with the "auto" fields filled from ``train``."""
+    path = Path(base) if base else DS_CONFIG_DIR / f"zero{train.zero_stage}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: DeepSpeed config missing (train.zero_stage={train.zero_stage})")
+    cfg = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    if cfg.get("zero_optimization", {}).get("stage", train.zero_stage) != train.zero_stage:
+        raise ValueError(f"{path}: zero_optimization.stage differs from train.zero_stage={train.zero_stage}")
+    auto = {"train_batch_size": train.global_batch, "train_micro_batch_size_per_gpu": train.micro_batch,
+            "gradient_accumulation_steps": train.grad_accum(world_size), "gradient_clipping": train.grad_clip}
+    for k, v in auto.items():
+        if cfg.get(k, "auto") == "auto":
+            cfg[k] = v
+    cfg.setdefault("zero_optimization", {})["stage"] = train.zero_stage
+    if train.precision == "bf16":
+        cfg["bf16"] = {"enabled": True}
+    elif train.precision == "fp16":
+        cfg["fp16"] = {"enabled": True, "initial_scale_power": 16}
+    if train.precision != "fp32" and on_cpu():
+        print(f"[growclip_ds] warning: train.precision={train.precision} on CPU runs several times slower "
+              "than fp32 (no bf16 instructions on most CPUs)")
+    return cfg
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and kernels only: not on biases, norms, positions' scale or logit_scale."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, train.weight_decay)
+    if train.optimizer == "lamb":
+        from timm.optim import Lamb  # DeepSpeed's own Lamb is CUDA-only
+
+        return Lamb(groups, lr=train.lr, betas=tuple(train.betas), eps=train.eps)
+    fused = {"fused": True} if torch.cuda.is_available() and not on_cpu() else {}
+    return torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas), eps=train.eps, **fused)
+
+
+def cosine_with_warmup(total_steps: int, warmup_steps: int):
+    """lr multiplier: linear warm-up from 0, then cosine decay to 0 at ``total_steps``."""
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def build_engine(model: torch.nn.Module, train: TrainConfig, world_size: int, total_steps: int,
+                 out_dir: Path | None = None, ds_config_file: str | None = None):
+    """(engine, optimizer, scheduler) for ``model``; the config is saved as ``out_dir/ds_config.json``."""
+    import deepspeed
+
+    ds_cfg = build_ds_config(train, world_size, ds_config_file)
+    if out_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "ds_config.json").write_text(json.dumps(ds_cfg, indent=2))
+    opt = build_optimizer(model, train)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(total_steps, train.warmup_steps))
+    engine, opt, _, sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds_cfg)
+    return engine, opt, sched

@@ -1,0 +1,175 @@
+"""The one training function every phase, baseline and method runs, configured by a ``Phase``.
+
+A phase says which architecture to build, which weights to start from, which growth steps' data
+to read, and (for supernet training) which sub-architecture each iteration uses. Everything else
+(engine, data order, checkpoints, resume, logging) is shared.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from ..config import ArchConfig, RunConfig
+from ..data.loader import EpochPlan, make_loader
+from ..data.manifest import Manifest
+from ..data.tokenizer import TextTokenizer
+from ..loss import clip_loss
+from ..model import GrowCLIP
+from . import checkpoint
+from .engine import build_engine
+from .metrics import MetricsLogger
+
+
+@dataclass
+class Phase:
+    name: str                                  # folder name under <run>/step<t>/
+    growth_step: int
+    arch: ArchConfig                           # architecture the model is built at
+    data_steps: object                         # int t (D^t) or an explicit list of steps
+    init_state: dict | None = None             # starting weights; None: fresh init from the seed
+    sampler: Callable[[int], ArchConfig] | None = None   # iteration -> active sub-architecture
+    epochs: float | None = None                # overrides train.epochs for this phase
+    extra_meta: dict = field(default_factory=dict)
+
+
+def tokenizer_path(cfg: RunConfig) -> Path:
+    return Path(cfg.data.tokenizer) if cfg.data.tokenizer else Path(cfg.data.root) / "tokenizer"
+
+
+def load_tokenizer(cfg: RunConfig, arch: ArchConfig) -> TextTokenizer:
+    tok = TextTokenizer(tokenizer_path(cfg), arch.context_length)
+    if tok.vocab_size > arch.vocab_size:
+        raise ValueError(f"arch.vocab_size={arch.vocab_size} is smaller than the tokenizer needs "
+                         f"({tok.vocab_size} = its {tok.vocab_size - 1} ids + padding); raise arch.vocab_size")
+    return tok
+
+
+def plan_steps(cfg: RunConfig, num_samples: int, epochs: float | None) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps) of a phase over ``num_samples`` samples."""
+    gb = cfg.train.global_batch
+    per_epoch = max(1, num_samples // gb)
+    if cfg.train.num_samples > 0 and epochs is None:
+        return per_epoch, max(1, cfg.train.num_samples // gb)
+    return per_epoch, max(1, round((epochs if epochs is not None else cfg.train.epochs) * per_epoch))
+
+
+def _rank_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True) -> dict:
+    """Train one phase to its end (resuming from its last checkpoint); returns its summary."""
+    rank, world = _rank_world()
+    phase_dir = Path(run_dir) / f"step{phase.growth_step}" / phase.name
+    ckpt_dir = phase_dir / "checkpoints"
+    manifest = Manifest.load(cfg.data.root)
+    manifest.check_files()
+    shards = [e.path for e in manifest.shards(phase.data_steps)]
+    if not shards:
+        raise ValueError(f"{cfg.data.root}: the manifest has no shards for steps {phase.data_steps}")
+    n_samples = manifest.num_samples(phase.data_steps)
+    tok = load_tokenizer(cfg, phase.arch)
+    t = cfg.train
+    accum = t.grad_accum(world)
+    per_epoch, total = plan_steps(cfg, n_samples, phase.epochs)
+
+    model = GrowCLIP(phase.arch, seed=t.seed)
+    if phase.init_state is not None:
+        model.load_state_dict(phase.init_state, strict=True)
+    model.set_grad_checkpointing(t.grad_checkpointing)
+    engine, _, sched = build_engine(model, t, world, total, phase_dir)
+
+    meta = checkpoint.resume(engine, ckpt_dir) or {}
+    step = meta.get("global_step", 0)
+    samples_seen = meta.get("samples_seen", 0)
+    data_state = meta.get("data_state", {})
+    log = MetricsLogger(phase_dir, rank, total, step, desc=f"step{phase.growth_step}/{phase.name}",
+                        enabled=progress, log_every=t.log_every)
+    base_meta = {"arch": phase.arch.to_dict(), "growth_step": phase.growth_step, "phase": phase.name,
+                 "data_steps": phase.data_steps, "world_size": world, **phase.extra_meta}
+
+    def save(step_now: int, state: dict) -> None:
+        checkpoint.save(engine, ckpt_dir, step_now, {**base_meta, "global_step": step_now,
+                                                     "samples_seen": samples_seen, "data_state": state,
+                                                     "torch_rng": torch.get_rng_state().tolist()})
+
+    losses: list[float] = []
+    last_saved = step if meta else -1
+    while step < total:
+        epoch, in_epoch = divmod(step, per_epoch)
+        resume_state = data_state if data_state.get("epoch") == epoch else {}
+        raw_done = list(resume_state.get("raw_done", []))
+        if raw_done and len(raw_done) != max(1, cfg.data.num_workers):
+            raise ValueError(f"data.num_workers={cfg.data.num_workers} differs from the checkpoint's "
+                             f"{len(raw_done)} workers; resume with the same data.num_workers")
+        plan = EpochPlan(shards=shards, seed=t.seed, epoch=epoch, rank=rank, world=world,
+                         micro_batch=t.micro_batch, batches=per_epoch * accum, num_workers=cfg.data.num_workers,
+                         resample=cfg.data.resample, shuffle_buffer=cfg.data.shuffle_buffer,
+                         start_batch=in_epoch * accum, raw_done=raw_done)
+        raw_done = raw_done or [0] * max(1, cfg.data.num_workers)
+        bad = {}
+        it = iter(make_loader(plan, phase.arch.image_size, tok))
+        while step < total and step // per_epoch == epoch:
+            if phase.sampler is not None:
+                engine.module.set_arch(phase.sampler(step))
+            t_wait = 0.0
+            loss_sum = 0.0
+            t0 = time.perf_counter()
+            for _ in range(accum):
+                tw = time.perf_counter()
+                batch = next(it)
+                t_wait += time.perf_counter() - tw
+                raw_done[batch["role"]] = batch["raw_done"]
+                bad[batch["role"]] = (batch["bad_samples"], batch["bad_shards"])
+                img, txt, scale = engine(batch["images"], batch["tokens"])
+                loss = clip_loss(img, txt, scale)
+                engine.backward(loss)
+                engine.step()
+                loss_sum += loss.item()
+            step += 1
+            samples_seen += t.global_batch
+            losses.append(loss_sum / accum)
+            state = {"epoch": epoch, "raw_done": list(raw_done)}
+            log.step(step, loss=loss_sum / accum, lr=sched.get_last_lr()[0], step_time=time.perf_counter() - t0,
+                     wait_time=t_wait, samples=t.global_batch, samples_seen=samples_seen,
+                     bad_samples=sum(b[0] for b in bad.values()), bad_shards=sum(b[1] for b in bad.values()))
+            if t.checkpoint_every and step % t.checkpoint_every == 0 and step < total:
+                save(step, state)
+                last_saved = step
+        data_state = {}
+    if last_saved != total:
+        save(total, {"epoch": (total - 1) // per_epoch, "raw_done": []})
+    log.close()
+    if dist.is_initialized():
+        dist.barrier()
+    return {"phase": phase.name, "ckpt_dir": str(ckpt_dir), "tag": checkpoint.latest_tag(ckpt_dir),
+            "total_steps": total, "samples_seen": samples_seen, "num_samples_data": n_samples,
+            "losses": losses, "engine": engine}
+
+
+def finish_step(cfg: RunConfig, run_dir: Path, growth_step: int, ckpt_dir: Path, arch: ArchConfig,
+                extra: dict | None = None) -> dict:
+    """Consolidate the phase's last checkpoint into ``<run>/step<t>/`` and evaluate it on all ranks."""
+    from ..eval.evaluate import EvalSets, evaluate
+
+    rank, _ = _rank_world()
+    out = Path(run_dir) / f"step{growth_step}"
+    if rank == 0:
+        checkpoint.write_model(out, checkpoint.consolidated_state_dict(ckpt_dir), arch, extra)
+    if dist.is_initialized():
+        dist.barrier()
+    sd, arch = checkpoint.read_model(out)
+    model = GrowCLIP(arch)
+    model.load_state_dict(sd)
+    result = evaluate(model, EvalSets(cfg.data.root, arch.image_size), load_tokenizer(cfg, arch))
+    if rank == 0:
+        checkpoint.atomic_write_text(out / "eval.json", json.dumps(result, indent=1))
+    if dist.is_initialized():
+        dist.barrier()
+    return result
