@@ -54,8 +54,11 @@ class GrowCLIP(nn.Module):
             enc.grad_checkpointing = enabled
 
     @torch.no_grad()
-    def reset_parameters(self, seed: int = 0) -> None:
-        """Initialise every tensor from (seed, its name), so init does not depend on module order."""
+    def reset_parameters(self, seed: int | None = 0) -> None:
+        """Initialise every tensor from (seed, its name), so init does not depend on module order.
+        ``seed=None`` leaves the tensors uninitialised (for meta-device shape queries)."""
+        if seed is None:
+            return
         for name, p in self.named_parameters():
             p.copy_(init_tensor(name, tuple(p.shape), seed))
 

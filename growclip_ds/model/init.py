@@ -34,7 +34,11 @@ def init_kind(name: str, shape: tuple) -> tuple[str, float]:
         return "normal", math.sqrt(2.0 / (shape[1] * shape[2] * shape[3]))
     if leaf == "pos_emb":
         return "normal", 0.01
-    return "normal", 0.02
+    if leaf == "tok_emb":
+        return "normal", 0.02
+    # linear/attention weights and the class token: std = fan_in^-1/2 (as CLIP), not a fixed 0.02,
+    # which at widths of 32-64 leaves every image's class token nearly equal and training collapses
+    return "normal", shape[-1] ** -0.5
 
 
 def normal_draw(name: str, shape: tuple, seed: int, std: float, salt: str = "") -> torch.Tensor:

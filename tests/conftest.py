@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny built-in corpus made once per test session, and helpers to launch ranks."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    from growclip_ds.config import PRESETS
+    from growclip_ds.data.builtin import make_builtin
+
+    cfg = PRESETS["tiny"]
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    d = cfg.data
+    make_builtin(root, d.num_steps, d.samples_per_step, d.shard_size, d.eval_per_class, d.retrieval_size,
+                 vocab_size=cfg.arch.vocab_size, progress=False)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], ranks: int = 2, launcher: str = "deepspeed", timeout: int = 300,
+           check: bool = True) -> subprocess.CompletedProcess:
+    """Run launchers/grow.py on ``ranks`` local ranks through a real launcher (deepspeed or torchrun)."""
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    script = str(REPO / "launchers" / "grow.py")
+    if launcher == "deepspeed":
+        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(ranks),
+               "--master_port", str(free_port()), script]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+               "--master_port", str(free_port()), script]
+    p = subprocess.run(cmd + args + ["--no-progress"], env=env, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"launch failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
+    return p
