@@ -19,7 +19,8 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def run_step(cfg: RunConfig, step: int, run_dir: Path, progress: bool = True) -> dict:
+def run_step(cfg: RunConfig, step: int, run_dir: Path, progress: bool = True,
+             stop_after: int | None = None) -> dict:
     run_dir = Path(run_dir)
     out = run_dir / f"step{step}"
     if (out / "eval.json").exists():
@@ -30,6 +31,8 @@ def run_step(cfg: RunConfig, step: int, run_dir: Path, progress: bool = True) ->
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1))
     if step == 1:
-        res = run_phase(cfg, Phase("train", 1, cfg.arch, data_steps=1), run_dir, progress)
+        res = run_phase(cfg, Phase("train", 1, cfg.arch, data_steps=1), run_dir, progress, stop_after)
+        if res["stopped"]:
+            return res
         return finish_step(cfg, run_dir, 1, Path(res["ckpt_dir"]), cfg.arch)
     raise NotImplementedError("growth steps t >= 2 come with the growth pipeline (issue 3)")

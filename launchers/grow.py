@@ -25,6 +25,9 @@ def parse_args(argv=None):
                    help="override a config field, e.g. --set train.lr=0.001 (repeatable)")
     p.add_argument("--run-dir", default=None, help="run folder (default runs/<config name>)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
+                   help="checkpoint and exit after N optimizer steps of the current phase (a planned stop; "
+                        "re-run without it to resume)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
     init_distributed()
     from growclip_ds.pipeline import run_step
 
-    run_step(cfg, args.step, run_dir, progress=not args.no_progress)
+    run_step(cfg, args.step, run_dir, progress=not args.no_progress, stop_after=args.stop_after_steps)
     return 0
 
 

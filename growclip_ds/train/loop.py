@@ -63,8 +63,12 @@ def _rank_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True) -> dict:
-    """Train one phase to its end (resuming from its last checkpoint); returns its summary."""
+def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True,
+              stop_after: int | None = None) -> dict:
+    """Train one phase to its end (resuming from its last checkpoint); returns its summary.
+
+    ``stop_after``: checkpoint and return once this many optimizer steps are done (a planned stop:
+    preemption drills and resume tests); the summary then has ``stopped=True``."""
     rank, world = _rank_world()
     phase_dir = Path(run_dir) / f"step{phase.growth_step}" / phase.name
     ckpt_dir = phase_dir / "checkpoints"
@@ -139,18 +143,21 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
             log.step(step, loss=loss_sum / accum, lr=sched.get_last_lr()[0], step_time=time.perf_counter() - t0,
                      wait_time=t_wait, samples=t.global_batch, samples_seen=samples_seen,
                      bad_samples=sum(b[0] for b in bad.values()), bad_shards=sum(b[1] for b in bad.values()))
-            if t.checkpoint_every and step % t.checkpoint_every == 0 and step < total:
+            if (t.checkpoint_every and step % t.checkpoint_every == 0 and step < total) or step == stop_after:
                 save(step, state)
                 last_saved = step
+            if step == stop_after and step < total:
+                log.close()
+                return {"phase": phase.name, "stopped": True, "ckpt_dir": str(ckpt_dir), "total_steps": total,
+                        "samples_seen": samples_seen, "losses": losses}
         data_state = {}
     if last_saved != total:
         save(total, {"epoch": (total - 1) // per_epoch, "raw_done": []})
     log.close()
     if dist.is_initialized():
         dist.barrier()
-    return {"phase": phase.name, "ckpt_dir": str(ckpt_dir), "tag": checkpoint.latest_tag(ckpt_dir),
-            "total_steps": total, "samples_seen": samples_seen, "num_samples_data": n_samples,
-            "losses": losses, "engine": engine}
+    return {"phase": phase.name, "stopped": False, "ckpt_dir": str(ckpt_dir), "total_steps": total,
+            "samples_seen": samples_seen, "num_samples_data": n_samples, "losses": losses}
 
 
 def finish_step(cfg: RunConfig, run_dir: Path, growth_step: int, ckpt_dir: Path, arch: ArchConfig,
