@@ -183,6 +183,11 @@ class GrowthConfig:
     gamma: float = 0.001
     alpha: float = 0.5
     copy_logit_scale: bool = True
+    pim_scope: str = "all"            # "all" tensors, or "weights" only (norms and biases copied)
+    supernet_epochs: float = 2.0      # phase 1: supernet fine-tuning
+    sample_epochs: float = 2.0        # phase 2a: one sampled candidate per iteration
+    final_epochs: float = 26.0        # phase 3: the chosen architecture
+    check_every: int = 50             # phase 2a: compare the drawn candidate across ranks every K steps
 
     def validate(self, prefix: str = "growth") -> "GrowthConfig":
         for f in fields(self):
@@ -192,6 +197,11 @@ class GrowthConfig:
         _check(self.beta >= 0 and self.gamma >= 0, f"{prefix}.beta", "beta and gamma must be >= 0",
                (self.beta, self.gamma))
         _check(self.alpha >= 0, f"{prefix}.alpha", "must be >= 0", self.alpha)
+        _check(self.pim_scope in ("all", "weights"), f"{prefix}.pim_scope", "must be 'all' or 'weights'",
+               self.pim_scope)
+        for f in ("supernet_epochs", "sample_epochs", "final_epochs"):
+            _check(getattr(self, f) > 0, f"{prefix}.{f}", "must be > 0", getattr(self, f))
+        _check(self.check_every >= 1, f"{prefix}.check_every", "must be >= 1", self.check_every)
         return self
 
 
@@ -274,7 +284,8 @@ PRESETS: dict[str, RunConfig] = {
         data=DataConfig(root="data/tiny", samples_per_step=128, shard_size=32, eval_per_class=4,
                         retrieval_size=32, shuffle_buffer=32),
         growth=GrowthConfig(delta_img_blocks=1, delta_img_heads=1, delta_conv_layers=1,
-                            delta_txt_blocks=1, delta_txt_heads=1, delta_shared_blocks=1)),
+                            delta_txt_blocks=1, delta_txt_heads=1, delta_shared_blocks=1,
+                            supernet_epochs=1.0, sample_epochs=1.0, final_epochs=1.0, check_every=1)),
     "demo": RunConfig(
         name="demo", arch=_DEMO_ARCH,
         train=TrainConfig(global_batch=128, micro_batch=64, lr=3e-3, warmup_steps=50, epochs=12.0,

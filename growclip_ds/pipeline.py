@@ -1,38 +1,208 @@
-"""What one growth step runs, as a sequence of phases on the shared trainer.
+"""What one growth step runs: an ordered list of phases on the shared trainer (GROWCLIP.md section 5).
 
-Step 1 trains the configured step-1 architecture from scratch on D^1 and writes
-``<run>/step1/{model.safetensors, arch.json, eval.json}``.
+Step 1: ``train`` (the step-1 architecture from scratch on D^1).
+Step t >= 2: ``supernet`` (PIM from step t-1 into the supernet, train it), ``sample`` (one candidate
+per iteration), ``gas`` (score all 64, choose), ``final`` (PIM into the choice, train it).
+
+Each phase runs in a process of its own (the launcher re-executes itself between phases), starts
+from a consolidated model on disk and ends with one: the hand-off between phases, steps, world
+sizes and ZeRO stages always goes through full fp32 weights. A phase is done when its
+``done.json`` exists, so a re-run resumes at the first unfinished phase (and, inside it, at the last
+DeepSpeed checkpoint). ``ablate`` switches components off as in the paper's Table 5:
+``pim1``/``pim3``: plain inheritance (beta=1, gamma=0) instead of PIM; ``st``: no supernet
+fine-tuning; ``gas``: a seeded random candidate instead of GAS (and no supernet sampling).
 """
 from __future__ import annotations
 
 import json
+import random
+import time
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
+from safetensors.torch import load_file
 
-from .config import RunConfig
-from .train.checkpoint import atomic_write_text
-from .train.loop import Phase, finish_step, run_phase
+from .config import ArchConfig, RunConfig
+from .data.manifest import Manifest
+from .growth import space
+from .growth.gas import run_gas
+from .growth.pim import pim
+from .model import GrowCLIP, param_count
+from .model.init import name_seed
+from .train import checkpoint
+from .train.loop import Phase, finish_step, load_tokenizer, run_phase
+
+ABLATIONS = ("pim1", "st", "gas", "pim3")
 
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def run_step(cfg: RunConfig, step: int, run_dir: Path, progress: bool = True,
-             stop_after: int | None = None) -> dict:
-    run_dir = Path(run_dir)
-    out = run_dir / f"step{step}"
-    if (out / "eval.json").exists():
-        if _rank() == 0:
-            print(f"[growclip_ds] {out} is complete (eval.json exists); nothing to do")
-        return json.loads((out / "eval.json").read_text())
-    if _rank() == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1))
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def phases_for(step: int, ablate: set) -> list[str]:
     if step == 1:
+        return ["train"]
+    out = [] if "st" in ablate else ["supernet"]
+    out += [] if "gas" in ablate else ["sample", "gas"]
+    return out + ["final"]
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / f"step{step}"
+
+
+def is_done(run_dir: Path, step: int, phase: str) -> bool:
+    d = step_dir(run_dir, step)
+    return (d / "eval.json").exists() if phase in ("train", "final") else (d / phase / "done.json").exists()
+
+
+def pending_phases(run_dir: Path, step: int, ablate: set) -> list[str]:
+    return [p for p in phases_for(step, ablate) if not is_done(run_dir, step, p)]
+
+
+def _mark_done(run_dir: Path, step: int, phase: str, info: dict) -> None:
+    if _rank() == 0:
+        checkpoint.atomic_write_text(step_dir(run_dir, step) / phase / "done.json", json.dumps(info, indent=1))
+    _barrier()
+
+
+def _shared_init(path: Path, make) -> dict:
+    """Rank 0 computes a starting state dict (PIM) and saves it; every rank loads the same file."""
+    if _rank() == 0 and not path.exists():
+        sd, arch = make()
+        checkpoint.write_model(path.parent, sd, arch, {"role": "initial weights"}, name=path.name)
+    _barrier()
+    return load_file(str(path))
+
+
+class GrowthStep:
+    """The inputs of growth step t >= 2, read from the run folder and the manifest."""
+
+    def __init__(self, cfg: RunConfig, step: int, run_dir: Path, ablate: set):
+        self.cfg, self.t, self.run_dir, self.ablate = cfg, step, Path(run_dir), ablate
+        self.dir = step_dir(run_dir, step)
+        self.prev_dir = step_dir(run_dir, step - 1)
+        self.prev_arch = checkpoint.read_arch(self.prev_dir)
+        self.super_arch = space.supernet(self.prev_arch, cfg.growth)
+        m = Manifest.load(cfg.data.root)
+        self.n_prev, self.n_now = m.num_samples(step - 1), m.num_samples(step)
+
+    def pim_seed(self, tag: str) -> int:
+        return name_seed(self.cfg.train.seed, f"pim/t{self.t}/{tag}") % (2 ** 31)
+
+    def coeffs(self, which: str) -> tuple[float, float]:
+        g = self.cfg.growth
+        return (1.0, 0.0) if which in self.ablate else (g.beta, g.gamma)
+
+    def _pim(self, src_dir: Path, src_arch: ArchConfig, dst: ArchConfig, which: str):
+        sd, _ = checkpoint.read_model(src_dir)
+        beta, gamma = self.coeffs(which)
+        g = self.cfg.growth
+        return pim(sd, src_arch, dst, beta, gamma, self.pim_seed(which), g.copy_logit_scale, g.pim_scope), dst
+
+    def supernet_init(self) -> dict:
+        """PIM@1: the step t-1 model grown into the supernet."""
+        return _shared_init(self.dir / "pim1" / "model.safetensors",
+                            lambda: self._pim(self.prev_dir, self.prev_arch, self.super_arch, "pim1"))
+
+    def latest_supernet(self) -> dict:
+        for phase in ("sample", "supernet"):
+            if is_done(self.run_dir, self.t, phase):
+                return checkpoint.read_model(self.dir / phase)[0]
+        return self.supernet_init()
+
+    def latest_supernet_dir(self) -> Path:
+        for phase in ("sample", "supernet"):
+            if is_done(self.run_dir, self.t, phase):
+                return self.dir / phase
+        self.supernet_init()
+        return self.dir / "pim1"
+
+    def sampler(self, check_every: int):
+        from .growth.sampling import SubnetSampler
+
+        return SubnetSampler(self.prev_arch, self.cfg.growth, self.cfg.train.seed, self.t, "sample", check_every)
+
+    def choice(self) -> ArchConfig:
+        d = json.loads((self.dir / "arch.json").read_text())
+        return ArchConfig.from_dict({k: v for k, v in d.items() if k in ArchConfig.__dataclass_fields__})
+
+
+def run_phase_of_step(cfg: RunConfig, step: int, run_dir: Path, phase: str, ablate: set = frozenset(),
+                      progress: bool = True, stop_after: int | None = None) -> dict:
+    """Run one phase of one step to its end (or to ``stop_after`` optimizer steps)."""
+    run_dir = Path(run_dir)
+    d = step_dir(run_dir, step)
+    t0 = time.time()
+    if _rank() == 0:
+        d.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write_text(d / "config.json", json.dumps(cfg.to_dict(), indent=1))
+    if phase == "train":
         res = run_phase(cfg, Phase("train", 1, cfg.arch, data_steps=1), run_dir, progress, stop_after)
-        if res["stopped"]:
-            return res
-        return finish_step(cfg, run_dir, 1, Path(res["ckpt_dir"]), cfg.arch)
-    raise NotImplementedError("growth steps t >= 2 come with the growth pipeline (issue 3)")
+        if not res["stopped"]:
+            finish_step(cfg, run_dir, 1, Path(res["ckpt_dir"]), cfg.arch, {"wall_s": time.time() - t0})
+        return res
+    gs = GrowthStep(cfg, step, run_dir, ablate)
+    g = cfg.growth
+    if phase == "supernet":
+        res = run_phase(cfg, Phase("supernet", step, gs.super_arch, step, gs.supernet_init(), epochs=g.supernet_epochs),
+                        run_dir, progress, stop_after)
+    elif phase == "sample":
+        sampler = gs.sampler(g.check_every)
+        res = run_phase(cfg, Phase("sample", step, gs.super_arch, step, gs.latest_supernet(), sampler=sampler,
+                                   epochs=g.sample_epochs), run_dir, progress, stop_after)
+    elif phase == "gas":
+        return _run_gas(cfg, gs, progress, t0)
+    elif phase == "final":
+        chosen = gs.choice() if (d / "arch.json").exists() else _random_choice(gs)
+        init = _shared_init(d / "pim3" / "model.safetensors",
+                            lambda: gs._pim(gs.latest_supernet_dir(), gs.super_arch, chosen, "pim3"))
+        res = run_phase(cfg, Phase("final", step, chosen, step, init, epochs=g.final_epochs), run_dir, progress,
+                        stop_after)
+        if not res["stopped"]:
+            how = json.loads((d / "arch.json").read_text())
+            finish_step(cfg, run_dir, step, Path(res["ckpt_dir"]), chosen,
+                        {"wall_s": time.time() - t0, "chosen_by": how.get("chosen_by"), "index": how.get("index")})
+        return res
+    else:
+        raise ValueError(f"--phase: unknown phase {phase!r}; step {step} has {phases_for(step, ablate)}")
+    if not res["stopped"]:
+        if _rank() == 0:
+            checkpoint.write_model(d / phase, checkpoint.consolidated_state_dict(Path(res["ckpt_dir"])), gs.super_arch)
+        _mark_done(run_dir, step, phase, {"wall_s": time.time() - t0, "steps": res["total_steps"],
+                                          "samples_seen": res["samples_seen"]})
+    return res
+
+
+def _random_choice(gs: GrowthStep) -> ArchConfig:
+    """GAS ablated: a candidate drawn uniformly with a seed of (seed, t), written as the choice."""
+    idx = random.Random(name_seed(gs.cfg.train.seed, f"random-choice/t{gs.t}")).randrange(space.NUM_CANDIDATES)
+    arch = space.candidate(gs.prev_arch, gs.cfg.growth, idx)
+    if _rank() == 0:
+        checkpoint.atomic_write_text(gs.dir / "arch.json", json.dumps(
+            {**arch.to_dict(), "params": param_count(arch), "chosen_by": "random", "index": idx}, indent=1))
+    _barrier()
+    return arch
+
+
+def _run_gas(cfg: RunConfig, gs: GrowthStep, progress: bool, t0: float) -> dict:
+    from .eval.evaluate import EvalSets
+
+    sd, arch = checkpoint.read_model(gs.latest_supernet_dir())
+    model = GrowCLIP(arch)
+    model.load_state_dict(sd)
+    sets = EvalSets(cfg.data.root, arch.image_size, split="selection", retrieval=False)
+    with torch.no_grad():
+        idx, chosen = run_gas(model, gs.prev_arch, cfg.growth, sets, load_tokenizer(cfg, arch), gs.dir,
+                              param_count(gs.prev_arch), gs.n_prev, gs.n_now, progress)
+    if _rank() == 0:
+        checkpoint.atomic_write_text(gs.dir / "arch.json", json.dumps(
+            {**chosen.to_dict(), "params": param_count(chosen), "chosen_by": "gas", "index": idx}, indent=1))
+    _mark_done(gs.run_dir, gs.t, "gas", {"wall_s": time.time() - t0, "index": idx})
+    return {"phase": "gas", "stopped": False, "index": idx}

@@ -24,6 +24,10 @@ def parse_args(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a config field, e.g. --set train.lr=0.001 (repeatable)")
     p.add_argument("--run-dir", default=None, help="run folder (default runs/<config name>)")
+    p.add_argument("--phase", default=None,
+                   help="run only this phase (train | supernet, sample, gas, final); default: every pending phase")
+    p.add_argument("--ablate", default="", metavar="LIST",
+                   help="comma list of components to turn off (pim1, st, gas, pim3), as the paper's Table 5")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
                    help="checkpoint and exit after N optimizer steps of the current phase (a planned stop; "
@@ -32,18 +36,33 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+EXEC_GEN = "GROWCLIP_EXEC_GEN"  # how many phases this rank process has already run (re-executions)
+
+
 def init_distributed() -> None:
-    """Start the process group: gloo on CPU, nccl on GPU; a plain ``python`` run is a world of 1."""
+    """Start the process group: gloo on CPU, nccl on GPU; a plain ``python`` run is a world of 1.
+
+    After a re-execution (next phase) the rendezvous store may be the launcher's (torchrun keeps
+    one store for the whole job), so its keys are namespaced by the generation: stale keys of the
+    previous phase's group would otherwise be taken for this one's and the rendezvous would hang."""
     import torch
+    import torch.distributed as dist
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
                  ("MASTER_PORT", "29533")):
         os.environ.setdefault(k, v)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    gen = int(os.environ.get(EXEC_GEN, "0"))
+    if gen > 0:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world))
+        dist.init_process_group(backend, store=dist.PrefixStore(f"/growclip/gen{gen}", store), rank=rank,
+                                world_size=world)
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    deepspeed.init_distributed(dist_backend=backend)
 
 
 def main(argv=None) -> int:
@@ -56,15 +75,42 @@ def main(argv=None) -> int:
             raise ConfigError(f"--step: must be in 1..data.num_steps={cfg.data.num_steps} (got {args.step})")
         world = int(os.environ.get("WORLD_SIZE", "1"))
         cfg.train.grad_accum(world)  # batch sizes must fit the world size: fail before any process group
+        ablate = {a for a in args.ablate.split(",") if a}
+        from growclip_ds.pipeline import ABLATIONS, is_done, pending_phases, phases_for
+
+        if ablate - set(ABLATIONS):
+            raise ConfigError(f"--ablate: unknown {sorted(ablate - set(ABLATIONS))}; choose from {', '.join(ABLATIONS)}")
+        if args.phase and args.phase not in phases_for(args.step, ablate):
+            raise ConfigError(f"--phase: step {args.step} has phases {phases_for(args.step, ablate)} "
+                              f"(got {args.phase!r})")
+        run_dir = Path(args.run_dir or f"runs/{cfg.name}")
+        if args.step > 1 and not is_done(run_dir, args.step - 1, "final" if args.step > 2 else "train"):
+            raise ConfigError(f"--step {args.step}: step {args.step - 1} of {run_dir} is not finished "
+                              f"({run_dir}/step{args.step - 1}/eval.json missing); run it first")
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    run_dir = Path(args.run_dir or f"runs/{cfg.name}")
+    todo = [args.phase] if args.phase else pending_phases(run_dir, args.step, ablate)
+    if not todo:
+        print(f"[growclip_ds] {run_dir}/step{args.step} is complete; nothing to do")
+        return 0
     init_distributed()
-    from growclip_ds.pipeline import run_step
+    from growclip_ds.pipeline import run_phase_of_step
 
-    run_step(cfg, args.step, run_dir, progress=not args.no_progress, stop_after=args.stop_after_steps)
-    return 0
+    res = run_phase_of_step(cfg, args.step, run_dir, todo[0], ablate, progress=not args.no_progress,
+                            stop_after=args.stop_after_steps)
+    if args.phase or res.get("stopped") or len(todo) == 1:
+        return 0
+    # Next phase in a fresh process (same pid, same rank environment): a new engine never shares a
+    # process with an old one.
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.environ[EXEC_GEN] = str(int(os.environ.get(EXEC_GEN, "0")) + 1)
+    os.execv(sys.executable, [sys.executable, "-u", *sys.argv])
 
 
 if __name__ == "__main__":

@@ -36,22 +36,27 @@ def read_shard(path: Path, image_size: int) -> tuple[torch.Tensor, list[str], li
 
 
 class EvalSets:
-    """The zero-shot tasks and the retrieval set named by ``<data>/eval/tasks.json``."""
+    """The zero-shot tasks of one split ("zero_shot": test, "selection": for GAS) and the retrieval
+    set named by ``<data>/eval/tasks.json``."""
 
-    def __init__(self, data_root, image_size: int):
+    def __init__(self, data_root, image_size: int, split: str = "zero_shot", retrieval: bool = True):
         root = Path(data_root) / "eval"
         spec_path = root / "tasks.json"
         if not spec_path.exists():
             raise FileNotFoundError(f"{spec_path} not found: make the built-in data or write a tasks.json")
         spec = json.loads(spec_path.read_text())
+        if split not in spec:
+            raise KeyError(f"{spec_path}: no {split!r} split; remake the data (growclip-ds data make --force)")
         self.tasks = {}
-        for name, t in spec["zero_shot"].items():
+        for name, t in spec[split].items():
             imgs, _, metas = read_shard(root / t["shard"], image_size)
             labels = torch.tensor([m["label"] for m in metas])
             self.tasks[name] = {"images": imgs, "labels": labels, "classes": t["classes"],
                                 "templates": t["templates"]}
-        imgs, texts, metas = read_shard(root / spec["retrieval"]["shard"], image_size)
-        self.retrieval = {"images": imgs, "texts": texts, "steps": [m.get("step", 0) for m in metas]}
+        self.retrieval = None
+        if retrieval:
+            imgs, texts, metas = read_shard(root / spec["retrieval"]["shard"], image_size)
+            self.retrieval = {"images": imgs, "texts": texts, "steps": [m.get("step", 0) for m in metas]}
 
 
 def _dist():
@@ -81,6 +86,15 @@ def _encode_spread(fn, items, batch: int) -> torch.Tensor:
     return out
 
 
+def task_prompts(task: dict) -> list[str]:
+    """Every (class, template) prompt of a task, class-major."""
+    return [tpl.format(c=c) for c in task["classes"] for tpl in task["templates"]]
+
+
+def task_classifier(prompt_embs: torch.Tensor, task: dict) -> torch.Tensor:
+    return class_embeddings(prompt_embs.view(len(task["classes"]), len(task["templates"]), -1))
+
+
 @torch.no_grad()
 def evaluate(model, sets: EvalSets, tokenize, batch: int = 256) -> dict:
     """eval.json content for ``model`` (a plain GrowCLIP with its architecture set)."""
@@ -90,13 +104,14 @@ def evaluate(model, sets: EvalSets, tokenize, batch: int = 256) -> dict:
     enc_txt = lambda t: model.encode_text(tokenize(t))  # noqa: E731
     out = {"zero_shot": {}}
     for name, task in sets.tasks.items():
-        prompts = [tpl.format(c=c) for c in task["classes"] for tpl in task["templates"]]
-        p = _encode_spread(enc_txt, prompts, batch)
-        classifier = class_embeddings(p.view(len(task["classes"]), len(task["templates"]), -1))
+        classifier = task_classifier(_encode_spread(enc_txt, task_prompts(task), batch), task)
         img = _encode_spread(enc_img, task["images"], batch)
         acc = topk_accuracy(img @ classifier.T, task["labels"], ks=(1, 5))
         out["zero_shot"][name] = {**acc, "num_classes": len(task["classes"])}
     r = sets.retrieval
+    if r is None:
+        model.train(was_training)
+        return out
     img = _encode_spread(enc_img, r["images"], batch)
     txt = _encode_spread(enc_txt, r["texts"], batch)
     out["retrieval"] = retrieval_metrics(img, txt)

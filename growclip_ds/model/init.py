@@ -32,6 +32,10 @@ def init_kind(name: str, shape: tuple) -> tuple[str, float]:
         return "ones", 0.0
     if len(shape) == 4:  # conv kernels: He init over fan-in
         return "normal", math.sqrt(2.0 / (shape[1] * shape[2] * shape[3]))
+    if name == "image.pos_emb":
+        # patch tokens leave the conv stem at about unit scale; positions at 0.01 would carry almost
+        # no spatial signal, and short runs never learn "left" from "right"
+        return "normal", 0.2
     if leaf == "pos_emb":
         return "normal", 0.01
     if leaf == "tok_emb":

@@ -62,24 +62,31 @@ def consolidated_state_dict(ckpt_dir: Path, tag: str | None = None) -> dict[str,
     return {k: v.detach().float().contiguous() for k, v in sd.items()}
 
 
-def write_model(out_dir: Path, state_dict: dict, arch: ArchConfig, extra: dict | None = None) -> None:
+def write_model(out_dir: Path, state_dict: dict, arch: ArchConfig, extra: dict | None = None,
+                name: str = "model.safetensors") -> None:
     """``model.safetensors`` + ``arch.json`` (architecture fields plus "params"), atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "model.safetensors.tmp"
+    tmp = out_dir / (name + ".tmp")
     save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp))
-    os.replace(tmp, out_dir / "model.safetensors")
+    os.replace(tmp, out_dir / name)
     atomic_write_text(out_dir / "arch.json",
                       json.dumps({**arch.to_dict(), "params": param_count(arch), **(extra or {})}, indent=1))
+
+
+def read_arch(model_dir: Path) -> ArchConfig:
+    path = Path(model_dir) / "arch.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {model_dir} a finished growth step?")
+    d = json.loads(path.read_text())
+    fields = set(ArchConfig.__dataclass_fields__)
+    return ArchConfig.from_dict({k: v for k, v in d.items() if k in fields}, str(path)).validate()
 
 
 def read_model(model_dir: Path) -> tuple[dict, ArchConfig]:
     """Load a consolidated model folder without executing code (safetensors + JSON)."""
     model_dir = Path(model_dir)
-    for f in ("model.safetensors", "arch.json"):
-        if not (model_dir / f).exists():
-            raise FileNotFoundError(f"{model_dir / f} not found: is {model_dir} a finished growth step?")
-    d = json.loads((model_dir / "arch.json").read_text())
-    fields = set(ArchConfig.__dataclass_fields__)
-    arch = ArchConfig.from_dict({k: v for k, v in d.items() if k in fields}, "arch.json").validate()
+    arch = read_arch(model_dir)
+    if not (model_dir / "model.safetensors").exists():
+        raise FileNotFoundError(f"{model_dir / 'model.safetensors'} not found: is {model_dir} a finished step?")
     return load_file(str(model_dir / "model.safetensors")), arch

@@ -46,11 +46,14 @@ def build_ds_config(train: TrainConfig, world_size: int, base: str | Path | None
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices and kernels only: not on biases, norms, positions' scale or logit_scale."""
+    """Weight decay on normally initialised tensors (matrices, kernels, embeddings) only: not on
+    biases (qkv_bias is 2-d, so this goes by name, not by ndim), norm gains or logit_scale."""
+    from ..model.init import init_kind
+
     decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            (decay if init_kind(name, tuple(p.shape))[0] == "normal" else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -105,6 +105,11 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
 
     losses: list[float] = []
     last_saved = step if meta else -1
+    if stop_after == 0 and step == 0:  # a planned stop before training: checkpoint the initial weights
+        save(0, {"epoch": 0, "raw_done": []})
+        log.close()
+        return {"phase": phase.name, "stopped": True, "ckpt_dir": str(ckpt_dir), "total_steps": total,
+                "samples_seen": 0, "losses": []}
     while step < total:
         epoch, in_epoch = divmod(step, per_epoch)
         resume_state = data_state if data_state.get("epoch") == epoch else {}
@@ -120,8 +125,11 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
         bad = {}
         it = iter(make_loader(plan, phase.arch.image_size, tok))
         while step < total and step // per_epoch == epoch:
+            extra = {}
             if phase.sampler is not None:
                 engine.module.set_arch(phase.sampler(step))
+                if hasattr(phase.sampler, "index"):
+                    extra["subnet"] = phase.sampler.index(step)
             t_wait = 0.0
             loss_sum = 0.0
             t0 = time.perf_counter()
@@ -142,7 +150,8 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
             state = {"epoch": epoch, "raw_done": list(raw_done)}
             log.step(step, loss=loss_sum / accum, lr=sched.get_last_lr()[0], step_time=time.perf_counter() - t0,
                      wait_time=t_wait, samples=t.global_batch, samples_seen=samples_seen,
-                     bad_samples=sum(b[0] for b in bad.values()), bad_shards=sum(b[1] for b in bad.values()))
+                     bad_samples=sum(b[0] for b in bad.values()), bad_shards=sum(b[1] for b in bad.values()),
+                     **extra)
             if (t.checkpoint_every and step % t.checkpoint_every == 0 and step < total) or step == stop_after:
                 save(step, state)
                 last_saved = step

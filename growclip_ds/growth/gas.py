@@ -1,0 +1,141 @@
+"""Growth architecture selection (GAS): score all 64 candidates with the supernet's weights.
+
+    psi* = argmax  A(psi) + alpha * (N^{t-1} / N^t) * (P^{t-1} / P(psi))
+
+A is the mean zero-shot top-1 over the selection tasks. An image embedding depends only on
+(conv layers, image blocks, image heads, shared blocks) and a text embedding only on (text blocks,
+text heads, shared blocks), so 16 image and 8 text encoder passes score all 64 candidates.
+The 24 passes are spread over all ranks; each finished variant is saved under ``gas/`` and each
+score appended to ``gas.jsonl`` as soon as it is known, so a restarted GAS redoes neither.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from ..config import ArchConfig, GrowthConfig
+from ..eval.evaluate import task_classifier, task_prompts
+from ..eval.metrics import topk_accuracy
+from ..model import param_count
+from . import space
+
+
+def gas_score(acc: float, params: int, prev_params: int, n_prev: int, n_now: int, alpha: float) -> float:
+    return acc + alpha * (n_prev / n_now) * (prev_params / params)
+
+
+@torch.no_grad()
+def image_embeddings(model, arch: ArchConfig, sets, batch: int = 256) -> dict[str, torch.Tensor]:
+    model.set_arch(arch)
+    return {name: torch.cat([model.encode_image(t["images"][i:i + batch]) for i in range(0, len(t["images"]), batch)])
+            for name, t in sets.tasks.items()}
+
+
+@torch.no_grad()
+def text_classifiers(model, arch: ArchConfig, sets, tokenize) -> dict[str, torch.Tensor]:
+    model.set_arch(arch)
+    return {name: task_classifier(model.encode_text(tokenize(task_prompts(t))), t) for name, t in sets.tasks.items()}
+
+
+def accuracy(img: dict, cls: dict, sets) -> float:
+    """Mean top-1 over the selection tasks, in [0, 1]."""
+    accs = [topk_accuracy(img[n] @ cls[n].T, t["labels"], ks=(1,))["top1"] for n, t in sets.tasks.items()]
+    return sum(accs) / len(accs)
+
+
+def variants(prev: ArchConfig, growth: GrowthConfig) -> list[tuple[str, tuple, ArchConfig]]:
+    """The 16 image and 8 text variants, each with one candidate that realises it."""
+    out, seen = [], set()
+    for c in space.candidates(prev, growth):
+        for kind, key in (("img", space.image_variant(c)), ("txt", space.text_variant(c))):
+            if (kind, key) not in seen:
+                seen.add((kind, key))
+                out.append((kind, key, c))
+    return out
+
+
+def _variant_file(folder: Path, kind: str, key: tuple) -> Path:
+    return folder / f"{kind}_{'_'.join(map(str, key))}.safetensors"
+
+
+def _rank_world():
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def run_gas(model, prev: ArchConfig, growth: GrowthConfig, sets, tokenize, step_dir: Path, prev_params: int,
+            n_prev: int, n_now: int, progress: bool = True) -> tuple[int, ArchConfig]:
+    """Score every candidate (resuming), write ``gas.jsonl`` and the choice to ``arch.json``."""
+    rank, world = _rank_world()
+    folder = step_dir / "gas"
+    folder.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    todo = variants(prev, growth)
+    mine = todo[rank::world]
+    for kind, key, arch in tqdm(mine, desc=f"GAS variants (rank {rank})", disable=not progress or rank != 0):
+        f = _variant_file(folder, kind, key)
+        if f.exists():
+            continue
+        emb = image_embeddings(model, arch, sets) if kind == "img" else text_classifiers(model, arch, sets, tokenize)
+        save_file(emb, str(f.with_name(f.name + ".tmp")))
+        os.replace(f.with_name(f.name + ".tmp"), f)
+    if dist.is_initialized():
+        dist.barrier()
+    if rank == 0:
+        _score_all(prev, growth, sets, folder, step_dir / "gas.jsonl", prev_params, n_prev, n_now)
+    if dist.is_initialized():
+        dist.barrier()
+    return choose(step_dir / "gas.jsonl", prev, growth)
+
+
+def _score_all(prev, growth, sets, folder: Path, jsonl: Path, prev_params, n_prev, n_now) -> None:
+    done = {r["index"] for r in read_scores(jsonl)}
+    with open(jsonl, "a") as out:
+        for i, c in enumerate(space.candidates(prev, growth)):
+            if i in done:
+                continue
+            img = load_file(str(_variant_file(folder, "img", space.image_variant(c))))
+            cls = load_file(str(_variant_file(folder, "txt", space.text_variant(c))))
+            acc = accuracy(img, cls, sets)
+            p = param_count(c)
+            row = {"index": i, "arch": c.to_dict(), "params": p, "accuracy": acc,
+                   "score": gas_score(acc, p, prev_params, n_prev, n_now, growth.alpha),
+                   "size_term": growth.alpha * (n_prev / n_now) * (prev_params / p)}
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+
+
+def read_scores(jsonl: Path) -> list[dict]:
+    """Complete lines of gas.jsonl (a line cut by a crash is ignored and rescored)."""
+    if not jsonl.exists():
+        return []
+    rows = []
+    for line in jsonl.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def choose(jsonl: Path, prev: ArchConfig, growth: GrowthConfig) -> tuple[int, ArchConfig]:
+    """The argmax of the scores (ties: fewer parameters, then lower index)."""
+    rows = {r["index"]: r for r in read_scores(jsonl)}
+    if len(rows) != space.NUM_CANDIDATES:
+        raise RuntimeError(f"{jsonl}: {len(rows)} of {space.NUM_CANDIDATES} candidates scored")
+    best = max(rows.values(), key=lambda r: (r["score"], -r["params"], -r["index"]))
+    return best["index"], space.candidate(prev, growth, best["index"])
+
+
+@torch.no_grad()
+def score_each_candidate(model, prev: ArchConfig, growth: GrowthConfig, sets, tokenize) -> list[float]:
+    """Reference: one full pass per candidate (64 image + 64 text passes); same accuracies."""
+    model.eval()
+    return [accuracy(image_embeddings(model, c, sets), text_classifiers(model, c, sets, tokenize), sets)
+            for c in space.candidates(prev, growth)]

@@ -1,0 +1,79 @@
+"""Parameter inheriting with momentum (PIM), a pure function on full state dicts.
+
+    new = pim(old_state, old_arch, new_arch, beta=0.3, gamma=0.001, seed=s)
+
+For every tensor of ``new_arch`` (GROWCLIP.md section 4):
+- a counterpart exists in the old model: its overlapping leading slice becomes
+  beta * w_old + gamma * w_rand; channels that exist only because of new heads keep a fresh init;
+- a new block / conv layer: the counterpart is the *last* existing block / layer of the same
+  stack (copied), then the same rule; a stack that was empty (shared encoder) starts fresh;
+- ``logit_scale`` is copied unchanged (``copy_logit_scale``).
+w_rand is a fresh draw of the tensor's initializer (normal std for matrices; ones / zeros for
+norm gains / biases), seeded by (seed, name); the rule applies to every tensor (``scope="all"``)
+or only to the normally initialised ones, copying norms and biases unchanged
+(``scope="weights"``). Shrinking (supernet -> chosen subnet, phase 3) is the same rule on slices.
+
+It works one tensor at a time on CPU, so peak memory is the input plus the output (two models).
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..config import ArchConfig
+from ..model.init import init_kind, init_tensor
+from .slicing import state_shapes
+
+STACKS = {  # stack prefix -> architecture field that counts its members
+    "image.blocks": "img_blocks",
+    "text.blocks": "txt_blocks",
+    "shared.blocks": "shared_blocks",
+    "image.stem_layers": "img_conv_layers",
+}
+_MEMBER = re.compile(r"^(image\.blocks|text\.blocks|shared\.blocks|image\.stem_layers)\.(\d+)\.(.+)$")
+
+
+def source_name(name: str, old_arch: ArchConfig) -> str | None:
+    """The old tensor a new tensor inherits from: itself, the last member of its stack, or None."""
+    m = _MEMBER.match(name)
+    if not m:
+        return name
+    prefix, idx, rest = m.group(1), int(m.group(2)), m.group(3)
+    count = getattr(old_arch, STACKS[prefix])
+    if count == 0:
+        return None
+    return f"{prefix}.{min(idx, count - 1)}.{rest}"
+
+
+def rand_draw(name: str, shape: tuple, seed: int) -> torch.Tensor:
+    """w_rand: a fresh draw of the tensor's initializer, independent of the model's own init."""
+    return init_tensor(name, shape, seed + 7919)
+
+
+@torch.no_grad()
+def pim(old_state: dict, old_arch: ArchConfig, new_arch: ArchConfig, beta: float = 0.3, gamma: float = 0.001,
+        seed: int = 0, copy_logit_scale: bool = True, scope: str = "all") -> dict[str, torch.Tensor]:
+    if scope not in ("all", "weights"):
+        raise ValueError(f"growth.pim_scope: must be 'all' or 'weights' (got {scope!r})")
+    out = {}
+    for name, shape in state_shapes(new_arch).items():
+        fresh = init_tensor(name, shape, seed)           # new heads / new stacks: a fresh init
+        src = source_name(name, old_arch)
+        if src is None:
+            out[name] = fresh
+            continue
+        if src not in old_state:
+            raise KeyError(f"{src}: missing from the old state dict (does it match arch {old_arch}?)")
+        old = old_state[src].detach().to("cpu", torch.float32)
+        if old.dim() != len(shape):
+            raise ValueError(f"{name}: old tensor has {old.dim()} dims, new has {len(shape)}")
+        overlap = tuple(slice(0, min(a, b)) for a, b in zip(old.shape, shape))
+        if name == "logit_scale" and copy_logit_scale:
+            fresh[overlap] = old[overlap]
+        elif scope == "weights" and init_kind(name, shape)[0] != "normal":
+            fresh[overlap] = old[overlap]
+        else:
+            fresh[overlap] = beta * old[overlap] + gamma * rand_draw(name, shape, seed)[overlap]
+        out[name] = fresh
+    return out
