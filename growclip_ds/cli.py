@@ -3,7 +3,9 @@
     growclip-ds data make --config demo            # built-in growing corpus -> data/builtin
     growclip-ds data split /path/to/img2dataset --steps 4
     growclip-ds eval runs/demo/step1 --config demo
-    growclip-ds demo                               # make data, train on 2 ranks, report
+    growclip-ds demo                               # make data, grow over all steps on 2 ranks, report
+    growclip-ds plan runs/demo --config demo       # what the next growth step would do, and its cost
+    growclip-ds report runs/demo
 """
 from __future__ import annotations
 
@@ -72,7 +74,7 @@ def _demo(args) -> int:
     run_dir = Path(args.run_dir or f"runs/{cfg.name}")
     if not (Path(cfg.data.root) / "manifest.parquet").exists():
         _data_make(argparse.Namespace(config=args.config, set=args.set, root=None, force=False, seed=0))
-    steps = range(1, (args.steps or 1) + 1)
+    steps = range(1, (args.steps or cfg.data.num_steps) + 1)
     for step in steps:
         cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(args.ranks),
                "--master_port", str(args.port), str(REPO / "launchers" / "grow.py"), "--step", str(step),
@@ -82,9 +84,26 @@ def _demo(args) -> int:
         if rc:
             print(f"step {step} failed with exit code {rc}; re-run the same command to resume", file=sys.stderr)
             return rc
-    from .report import summarize_run
+    from .report import write_report
 
-    print(summarize_run(run_dir))
+    path = write_report(run_dir)
+    print(path.read_text())
+    print(f"report: {path} and {path.with_suffix('.png')}")
+    return 0
+
+
+def _report(args) -> int:
+    from .report import write_report
+
+    path = write_report(Path(args.run_dir))
+    print(path.read_text())
+    return 0
+
+
+def _plan(args) -> int:
+    from .planning import plan_next_step
+
+    print(plan_next_step(load_config(args.config, args.set), Path(args.run_dir)))
     return 0
 
 
@@ -115,9 +134,16 @@ def main(argv=None) -> int:
     dm = sub.add_parser("demo", parents=[common], help="the main job: data, training on N ranks, report")
     dm.add_argument("--run-dir", default=None)
     dm.add_argument("--ranks", type=int, default=2)
-    dm.add_argument("--steps", type=int, default=None, help="growth steps to run (default: 1)")
+    dm.add_argument("--steps", type=int, default=None, help="growth steps to run (default: data.num_steps)")
     dm.add_argument("--port", type=int, default=29611)
     dm.set_defaults(fn=_demo)
+
+    rp = sub.add_parser("report", help="report.md + report.png of a run folder")
+    rp.add_argument("run_dir")
+    rp.set_defaults(fn=_report)
+    pl = sub.add_parser("plan", parents=[common], help="what the next growth step of a run would do, and its cost")
+    pl.add_argument("run_dir")
+    pl.set_defaults(fn=_plan)
 
     args = p.parse_args(argv)
     try:

@@ -146,7 +146,8 @@ def run_phase_of_step(cfg: RunConfig, step: int, run_dir: Path, phase: str, abla
     if phase == "train":
         res = run_phase(cfg, Phase("train", 1, cfg.arch, data_steps=1), run_dir, progress, stop_after)
         if not res["stopped"]:
-            finish_step(cfg, run_dir, 1, Path(res["ckpt_dir"]), cfg.arch, {"wall_s": time.time() - t0})
+            _mark_done(run_dir, step, phase, _cost(res, t0))
+            finish_step(cfg, run_dir, 1, Path(res["ckpt_dir"]), cfg.arch)
         return res
     gs = GrowthStep(cfg, step, run_dir, ablate)
     g = cfg.growth
@@ -167,17 +168,23 @@ def run_phase_of_step(cfg: RunConfig, step: int, run_dir: Path, phase: str, abla
                         stop_after)
         if not res["stopped"]:
             how = json.loads((d / "arch.json").read_text())
+            _mark_done(run_dir, step, phase, _cost(res, t0))
             finish_step(cfg, run_dir, step, Path(res["ckpt_dir"]), chosen,
-                        {"wall_s": time.time() - t0, "chosen_by": how.get("chosen_by"), "index": how.get("index")})
+                        {"chosen_by": how.get("chosen_by"), "index": how.get("index")})
         return res
     else:
         raise ValueError(f"--phase: unknown phase {phase!r}; step {step} has {phases_for(step, ablate)}")
     if not res["stopped"]:
         if _rank() == 0:
             checkpoint.write_model(d / phase, checkpoint.consolidated_state_dict(Path(res["ckpt_dir"])), gs.super_arch)
-        _mark_done(run_dir, step, phase, {"wall_s": time.time() - t0, "steps": res["total_steps"],
-                                          "samples_seen": res["samples_seen"]})
+        _mark_done(run_dir, step, phase, _cost(res, t0))
     return res
+
+
+def _cost(res: dict, t0: float) -> dict:
+    """What a training phase cost: wall seconds of this run of it, samples and analytic FLOPs in all."""
+    return {"wall_s": time.time() - t0, "steps": res["total_steps"], "samples_seen": res["samples_seen"],
+            "train_flops": res["train_flops"]}
 
 
 def _random_choice(gs: GrowthStep) -> ArchConfig:

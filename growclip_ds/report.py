@@ -1,27 +1,102 @@
-"""Plain-text summaries of a run folder (per-step arch, params, zero-shot top-1, retrieval R@1)."""
+"""The report of a run folder: a table per step, the GAS table of the last grown step, and a PNG
+of zero-shot accuracy against cumulative training compute.
+
+    growclip-ds report runs/demo        # writes runs/demo/report.md and runs/demo/report.png
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from .growth.gas import read_scores
+
+
+def _steps(run_dir: Path) -> list[Path]:
+    found = [p for p in run_dir.glob("step*") if p.name[4:].isdigit() and (p / "eval.json").exists()]
+    return sorted(found, key=lambda p: int(p.name[4:]))
+
+
+def _arch_str(a: dict) -> str:
+    return (f"conv{a['img_conv_layers']} img {a['img_blocks']}x{a['img_heads']}h "
+            f"txt {a['txt_blocks']}x{a['txt_heads']}h shared {a['shared_blocks']}")
+
+
+def step_rows(run_dir) -> list[dict]:
+    """One record per finished step: arch, params, eval, wall seconds and FLOPs of all its phases."""
+    rows, flops_total = [], 0.0
+    for d in _steps(Path(run_dir)):
+        phases = [json.loads(f.read_text()) for f in sorted(d.glob("*/done.json"))]
+        flops = sum(p.get("train_flops", 0) for p in phases)
+        flops_total += flops
+        ev = json.loads((d / "eval.json").read_text())
+        zs = {t: v["top1"] for t, v in ev["zero_shot"].items()}
+        rows.append({"step": int(d.name[4:]), "arch": json.loads((d / "arch.json").read_text()), "zero_shot": zs,
+                     "chance": {t: 1 / v["num_classes"] for t, v in ev["zero_shot"].items()},
+                     "mean_top1": sum(zs.values()) / len(zs), "retrieval": ev["retrieval"],
+                     "wall_s": sum(p.get("wall_s", 0) for p in phases), "train_flops": flops,
+                     "cumulative_flops": flops_total})
+    return rows
+
 
 def summarize_run(run_dir) -> str:
     run_dir = Path(run_dir)
-    rows, tasks = [], None
-    for d in sorted(run_dir.glob("step*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else 0):
-        if not (d / "eval.json").exists():
-            continue
-        arch = json.loads((d / "arch.json").read_text())
-        ev = json.loads((d / "eval.json").read_text())
-        tasks = tasks or list(ev["zero_shot"])
-        a = (f"l{arch['img_conv_layers']} I{arch['img_blocks']}x{arch['img_heads']}h "
-             f"T{arch['txt_blocks']}x{arch['txt_heads']}h S{arch['shared_blocks']}")
-        zs = [f"{ev['zero_shot'][t]['top1']:.3f} ({1 / ev['zero_shot'][t]['num_classes']:.3f})" for t in tasks]
-        rows.append([d.name, a, f"{arch['params']:,}"] + zs +
-                    [f"{ev['retrieval']['image_to_text']['R@1']:.3f}", f"{ev['retrieval']['text_to_image']['R@1']:.3f}"])
+    rows = step_rows(run_dir)
     if not rows:
         return f"{run_dir}: no finished step yet"
-    head = ["step", "arch", "params"] + [f"{t} top1 (chance)" for t in tasks] + ["i2t R@1", "t2i R@1"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    tasks = list(rows[0]["zero_shot"])
+    head = ["step", "arch", "params"] + [f"{t} top-1 (chance)" for t in tasks] + \
+        ["i2t R@1", "t2i R@1", "wall s", "train PFLOP"]
+    out = [f"# Run {run_dir}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        zs = [f"{r['zero_shot'][t]:.3f} ({r['chance'][t]:.3f})" for t in tasks]
+        out.append("| " + " | ".join([str(r["step"]), _arch_str(r["arch"]), f"{r['arch']['params']:,}", *zs,
+                                      f"{r['retrieval']['image_to_text']['R@1']:.3f}",
+                                      f"{r['retrieval']['text_to_image']['R@1']:.3f}", f"{r['wall_s']:.0f}",
+                                      f"{r['train_flops'] / 1e15:.3f}"]) + " |")
+    last = max((r["step"] for r in rows if (run_dir / f"step{r['step']}" / "gas.jsonl").exists()), default=None)
+    if last is not None:
+        out += ["", *gas_table(run_dir / f"step{last}", last)]
+    return "\n".join(out)
+
+
+def gas_table(step_dir: Path, step: int, top: int = 10) -> list[str]:
+    rows = sorted(read_scores(step_dir / "gas.jsonl"), key=lambda r: -r["score"])
+    chosen = json.loads((step_dir / "arch.json").read_text()).get("index")
+    out = [f"## GAS at step {step}: the {top} best of {len(rows)} candidates (score = accuracy + size term)", "",
+           "| index | arch | params | accuracy | size term | score |", "|---|---|---|---|---|---|"]
+    for r in rows[:top]:
+        mark = " (chosen)" if r["index"] == chosen else ""
+        out.append(f"| {r['index']}{mark} | {_arch_str(r['arch'])} | {r['params']:,} | {r['accuracy']:.3f} | "
+                   f"{r.get('size_term', r['score'] - r['accuracy']):.3f} | {r['score']:.3f} |")
+    return out
+
+
+def write_report(run_dir) -> Path:
+    """report.md and report.png in the run folder; returns the Markdown path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    rows = step_rows(run_dir)
+    md = summarize_run(run_dir)
+    if rows:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        x = [r["cumulative_flops"] / 1e15 for r in rows]
+        for t in rows[0]["zero_shot"]:
+            ax.plot(x, [r["zero_shot"][t] for r in rows], marker="o", label=t)
+        ax.plot(x, [r["mean_top1"] for r in rows], marker="s", color="black", label="mean")
+        for r, xi in zip(rows, x):
+            ax.annotate(f"step {r['step']}", (xi, r["mean_top1"]), textcoords="offset points", xytext=(4, -12))
+        ax.set_xlabel("cumulative training compute (PFLOP, analytic)")
+        ax.set_ylabel("zero-shot top-1")
+        ax.set_title(f"{run_dir.name}: accuracy as the data and the model grow")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(run_dir / "report.png", dpi=110)
+        plt.close(fig)
+        md += "\n\n![accuracy against compute](report.png)\n"
+    (run_dir / "report.md").write_text(md + "\n")
+    return run_dir / "report.md"

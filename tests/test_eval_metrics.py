@@ -23,6 +23,11 @@ def test_recall_at_k_by_hand():
     assert r == pytest.approx({"R@1": 1 / 3, "R@2": 2 / 3, "R@3": 1.0})
 
 
+def test_ties_count_against_the_query():
+    sim = torch.ones(4, 4)  # collapsed embeddings: every candidate ties with the match
+    assert recall_at_k(sim, ks=(1, 4)) == {"R@1": 0.0, "R@4": 1.0}
+
+
 def test_retrieval_both_directions():
     img = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=-1)
     txt = F.normalize(torch.tensor([[1.0, 0.1], [1.0, 0.0], [0.5, 0.5]]), dim=-1)

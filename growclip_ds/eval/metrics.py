@@ -21,8 +21,10 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict
 
 
 def recall_at_k(sim: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
-    """Rows are queries, columns candidates, the match of query i is candidate i."""
-    ranks = (sim > sim.diagonal()[:, None]).sum(dim=1)  # how many candidates beat the true one
+    """Rows are queries, columns candidates, the match of query i is candidate i. Ties count
+    against the query (a model whose embeddings all coincide scores chance, not 1.0)."""
+    true = sim.diagonal()[:, None]
+    ranks = (sim > true).sum(dim=1) + (sim == true).sum(dim=1) - 1  # candidates that beat or tie the match
     return {f"R@{k}": (ranks < k).float().mean().item() for k in ks}
 
 

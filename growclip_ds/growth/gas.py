@@ -94,7 +94,12 @@ def run_gas(model, prev: ArchConfig, growth: GrowthConfig, sets, tokenize, step_
 
 
 def _score_all(prev, growth, sets, folder: Path, jsonl: Path, prev_params, n_prev, n_now) -> None:
-    done = {r["index"] for r in read_scores(jsonl)}
+    rows = read_scores(jsonl)
+    if jsonl.exists():  # drop a line a crash cut short before appending after it
+        tmp = jsonl.with_name(jsonl.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, jsonl)
+    done = {r["index"] for r in rows}
     with open(jsonl, "a") as out:
         for i, c in enumerate(space.candidates(prev, growth)):
             if i in done:

@@ -60,9 +60,11 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, train.weight_decay)
     if train.optimizer == "lamb":
-        from timm.optim import Lamb  # DeepSpeed's own Lamb is CUDA-only
+        # timm's LAMB semantics with trust ratios that stay per-tensor under ZeRO (DeepSpeed's own
+        # Lamb is CUDA-only, and a client LAMB would see flat partitions); DeepSpeed clips globally.
+        from .lamb import PartitionedLamb
 
-        return Lamb(groups, lr=train.lr, betas=tuple(train.betas), eps=train.eps)
+        return PartitionedLamb(groups, lr=train.lr, betas=tuple(train.betas), eps=train.eps)
     fused = {"fused": True} if torch.cuda.is_available() and not on_cpu() else {}
     return torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas), eps=train.eps, **fused)
 
@@ -89,4 +91,7 @@ def build_engine(model: torch.nn.Module, train: TrainConfig, world_size: int, to
     opt = build_optimizer(model, train)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(total_steps, train.warmup_steps))
     engine, opt, _, sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds_cfg)
+    from .lamb import attach_to_engine
+
+    attach_to_engine(engine)
     return engine, opt, sched

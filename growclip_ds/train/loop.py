@@ -21,6 +21,7 @@ from ..data.manifest import Manifest
 from ..data.tokenizer import TextTokenizer
 from ..loss import clip_loss
 from ..model import GrowCLIP
+from ..model.flops import train_flops
 from . import checkpoint
 from .engine import build_engine
 from .metrics import MetricsLogger
@@ -92,6 +93,7 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
     meta = checkpoint.resume(engine, ckpt_dir) or {}
     step = meta.get("global_step", 0)
     samples_seen = meta.get("samples_seen", 0)
+    flops_done = meta.get("train_flops", 0)
     data_state = meta.get("data_state", {})
     log = MetricsLogger(phase_dir, rank, total, step, desc=f"step{phase.growth_step}/{phase.name}",
                         enabled=progress, log_every=t.log_every)
@@ -101,6 +103,7 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
     def save(step_now: int, state: dict) -> None:
         checkpoint.save(engine, ckpt_dir, step_now, {**base_meta, "global_step": step_now,
                                                      "samples_seen": samples_seen, "data_state": state,
+                                                     "train_flops": flops_done,
                                                      "torch_rng": torch.get_rng_state().tolist()})
 
     losses: list[float] = []
@@ -125,9 +128,10 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
         bad = {}
         it = iter(make_loader(plan, phase.arch.image_size, tok))
         while step < total and step // per_epoch == epoch:
-            extra = {}
+            extra, active = {}, phase.arch
             if phase.sampler is not None:
-                engine.module.set_arch(phase.sampler(step))
+                active = phase.sampler(step)
+                engine.module.set_arch(active)
                 if hasattr(phase.sampler, "index"):
                     extra["subnet"] = phase.sampler.index(step)
             t_wait = 0.0
@@ -146,6 +150,7 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
                 loss_sum += loss.item()
             step += 1
             samples_seen += t.global_batch
+            flops_done += t.global_batch * train_flops(active)
             losses.append(loss_sum / accum)
             state = {"epoch": epoch, "raw_done": list(raw_done)}
             log.step(step, loss=loss_sum / accum, lr=sched.get_last_lr()[0], step_time=time.perf_counter() - t0,
@@ -166,7 +171,8 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
     if dist.is_initialized():
         dist.barrier()
     return {"phase": phase.name, "stopped": False, "ckpt_dir": str(ckpt_dir), "total_steps": total,
-            "samples_seen": samples_seen, "num_samples_data": n_samples, "losses": losses}
+            "samples_seen": samples_seen, "train_flops": flops_done, "num_samples_data": n_samples,
+            "losses": losses}
 
 
 def finish_step(cfg: RunConfig, run_dir: Path, growth_step: int, ckpt_dir: Path, arch: ArchConfig,

@@ -1,0 +1,81 @@
+"""``growclip-ds plan RUN``: what the next growth step of a run would do, and what it would cost.
+
+Costs are analytic training FLOPs (3 x forward per sample); seconds use the FLOP/s this run
+measured in its finished phases, when there are any.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import RunConfig
+from .data.manifest import Manifest
+from .growth import space
+from .growth.gas import variants
+from .model import param_count
+from .model.flops import forward_flops, image_flops, text_flops, train_flops
+from .pipeline import pending_phases, step_dir
+from .train.checkpoint import read_arch
+from .train.loop import plan_steps
+
+
+def _measured_flops_per_s(run_dir: Path) -> float | None:
+    done = [json.loads(f.read_text()) for f in run_dir.glob("step*/*/done.json")]
+    flops = sum(d.get("train_flops", 0) for d in done)
+    secs = sum(d.get("wall_s", 0) for d in done if d.get("train_flops"))
+    return flops / secs if flops and secs else None
+
+
+def plan_next_step(cfg: RunConfig, run_dir: Path) -> str:
+    run_dir = Path(run_dir)
+    m = Manifest.load(cfg.data.root)
+    t = 1
+    while (step_dir(run_dir, t) / "eval.json").exists():
+        t += 1
+    if t > m.num_steps:
+        return f"{run_dir}: all {m.num_steps} growth steps are finished"
+    rate = _measured_flops_per_s(run_dir)
+    gb = cfg.train.global_batch
+    lines = [f"Next: growth step {t} of {m.num_steps} in {run_dir}",
+             f"data: D^{t} = steps 1..{t}, N^{t} = {m.num_samples(t):,} samples"
+             + (f" (N^{t - 1} = {m.num_samples(t - 1):,})" if t > 1 else "")]
+
+    def cost(name: str, samples: int, flops: float, why: str) -> None:
+        secs = f", ~{flops / rate:,.0f} s at the {rate / 1e9:.1f} GFLOP/s measured so far" if rate else ""
+        lines.append(f"- {name}: {samples:,} samples, {flops / 1e15:.4f} PFLOP{secs}. {why}")
+
+    if t == 1:
+        steps = plan_steps(cfg, m.num_samples(1), None)[1]
+        lines.append(f"arch: {cfg.arch.to_dict()} ({param_count(cfg.arch):,} params)")
+        cost("train", steps * gb, steps * gb * train_flops(cfg.arch), "The step-1 architecture from scratch.")
+        return "\n".join(lines)
+    prev = read_arch(step_dir(run_dir, t - 1))
+    g = cfg.growth
+    cands = space.candidates(prev, g)
+    sup = space.supernet(prev, g)
+    params = [param_count(c) for c in cands]
+    lines += [f"previous arch: {param_count(prev):,} params; growth space: 64 candidates, "
+              f"{min(params):,}..{max(params):,} params; supernet {max(params):,}",
+              f"GAS size term weight alpha*N^{t - 1}/N^{t} = {g.alpha * m.num_samples(t - 1) / m.num_samples(t):.3f}: "
+              "the more new data, the less a candidate's size counts against it",
+              f"pending phases: {', '.join(pending_phases(run_dir, t, set()))}"]
+    n = m.num_samples(t)
+    s1 = plan_steps(cfg, n, g.supernet_epochs)[1] * gb
+    cost("supernet", s1, s1 * train_flops(sup), "PIM from the step t-1 model into the supernet, train all of it.")
+    s2 = plan_steps(cfg, n, g.sample_epochs)[1] * gb
+    mean = sum(train_flops(c) for c in cands) / len(cands)
+    cost("sample", s2, s2 * mean, "One uniformly drawn candidate per iteration (mean candidate cost).")
+    sel = json.loads((Path(cfg.data.root) / "eval" / "tasks.json").read_text())["selection"]
+    n_img = sum(len(t_["classes"]) for t_ in sel.values()) * cfg.data.eval_per_class
+    n_txt = sum(len(t_["classes"]) * len(t_["templates"]) for t_ in sel.values())
+    gas_flops = sum(n_img * image_flops(c) if k == "img" else n_txt * text_flops(c) for k, _, c in variants(prev, g))
+    naive = sum(n_img * image_flops(c) + n_txt * text_flops(c) for c in cands)
+    lines.append(f"- gas: 24 encoder variants over {n_img} images and {n_txt} prompts, {gas_flops / 1e12:.3f} TFLOP "
+                 f"(scoring each candidate alone: {naive / 1e12:.3f} TFLOP, {naive / gas_flops:.1f}x).")
+    s3 = plan_steps(cfg, n, g.final_epochs)[1] * gb
+    lo, hi = min(train_flops(c) for c in cands), max(train_flops(c) for c in cands)
+    cost("final", s3, s3 * (lo + hi) / 2, f"PIM into the chosen candidate and train it; between "
+         f"{s3 * lo / 1e15:.4f} and {s3 * hi / 1e15:.4f} PFLOP depending on the choice.")
+    lines.append(f"(forward FLOPs per sample: previous {forward_flops(prev) / 1e6:.1f} M, supernet "
+                 f"{forward_flops(sup) / 1e6:.1f} M)")
+    return "\n".join(lines)
