@@ -272,9 +272,9 @@ def _from_dict(cls, d: dict, prefix: str):
 _TINY_ARCH = ArchConfig(img_conv_layers=1, img_blocks=2, img_heads=2, txt_blocks=2, txt_heads=2,
                         shared_blocks=0, head_dim=16, image_size=32, patch_size=8, context_length=16,
                         embed_dim=32, stem_channels=8, vocab_size=512)
-_DEMO_ARCH = ArchConfig(img_conv_layers=1, img_blocks=2, img_heads=4, txt_blocks=2, txt_heads=4,
+_DEMO_ARCH = ArchConfig(img_conv_layers=2, img_blocks=2, img_heads=4, txt_blocks=2, txt_heads=4,
                         shared_blocks=0, head_dim=16, image_size=32, patch_size=8, context_length=20,
-                        embed_dim=64, stem_channels=16, vocab_size=512)
+                        embed_dim=64, stem_channels=32, vocab_size=512)
 
 PRESETS: dict[str, RunConfig] = {
     "tiny": RunConfig(
@@ -288,17 +288,20 @@ PRESETS: dict[str, RunConfig] = {
                             supernet_epochs=1.0, sample_epochs=1.0, final_epochs=1.0, check_every=1)),
     # The main job on 2 CPU cores in minutes. AdamW, not the paper's LAMB: LAMB's update is relative to
     # each tensor's norm, too slow for small-init tensors in a few hundred steps. Growth deltas and
-    # phase epochs are scaled down so that 4 steps fit the budget, and alpha is 0.05: at this scale
-    # candidates differ by a few points of accuracy, which alpha=0.5's size term (0.1-0.4) would swamp.
+    # phase epochs are scaled down so that 4 steps fit the budget; alpha is 0.05: at this scale
+    # candidates differ by a few points of accuracy, which alpha=0.5's size term (0.1-0.4) would swamp;
+    # PIM uses beta=0.7 on weights only: beta=0.3 on every tensor collapses these narrow models to
+    # uniform logits (measured: loss stuck at ln(batch) for 40 steps) and they never recover.
     "demo": RunConfig(
         name="demo", arch=_DEMO_ARCH,
-        train=TrainConfig(global_batch=128, micro_batch=64, lr=2e-3, warmup_steps=50, epochs=24.0,
+        train=TrainConfig(global_batch=128, micro_batch=64, lr=2e-3, warmup_steps=50, epochs=30.0,
                           optimizer="adamw", weight_decay=0.05, zero_stage=2, checkpoint_every=100,
                           log_every=10),
         data=DataConfig(root="data/builtin", samples_per_step=3072, shard_size=256, num_workers=1),
         growth=GrowthConfig(delta_img_blocks=1, delta_img_heads=2, delta_conv_layers=1,
                             delta_txt_blocks=1, delta_txt_heads=2, delta_shared_blocks=1, alpha=0.05,
-                            supernet_epochs=0.5, sample_epochs=0.5, final_epochs=2.0, check_every=10)),
+                            beta=0.7, pim_scope="weights",
+                            supernet_epochs=0.5, sample_epochs=0.5, final_epochs=4.0, check_every=10)),
     "paper": RunConfig(name="paper", arch=ArchConfig()),
     "vit-b-16": RunConfig(
         name="vit-b-16",

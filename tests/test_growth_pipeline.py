@@ -81,6 +81,11 @@ def test_sampled_phase_under_zero2_and_skipped_layer_update(run, tiny_data, tmp_
         assert torch.equal(after[name], before[name])
     assert not torch.allclose(after["text.blocks.0.attn.qkv_weight"], before["text.blocks.0.attn.qkv_weight"] *
                               (1 - lr * cfg.train.weight_decay), atol=1e-6)  # active weights learn
+    # resume the stopped phase: the draws after the restart continue the seeded sequence
+    launch(["--step", "2", "--phase", "sample", "--set", "train.zero_stage=2"] + _common(tiny_data, other))
+    rows = _metrics(other / "step2" / "sample" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1)) and len(rows) >= 4
+    assert [r["subnet"] for r in rows] == [space.sample_index(0, 2, "sample", r["step"] - 1) for r in rows]
 
 
 def test_diverging_rank_aborts_with_a_message(run, tiny_data, tmp_path):
