@@ -113,7 +113,7 @@ def main() -> None:
           f"(optimizer alone: {summary['optimizer_ratio_exact_over_naive']:.2f})")
     out_dir = REPO / "docs" / "benchmarks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"lamb_overhead_cpu_{summary['date']}.json").write_text(json.dumps(summary, indent=1))
+    (out_dir / f"lamb_overhead_zero{args.zero}_cpu_{summary['date']}.json").write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

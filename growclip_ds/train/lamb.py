@@ -4,7 +4,8 @@ Under ZeRO 1-3 a client optimizer steps flat partitions, not tensors, so a naive
 its "per-tensor" norms over pieces of tensors and its update depends on the world size. Here each
 rank maps every element of its partitions to the tensor it belongs to (``attach_zero``), sums
 w^2 and u^2 per tensor piece (one ``index_add`` per partition), adds the sums of all ranks in ONE
-all-reduce per step (all tensors bucketed together), and applies the true trust ratios.
+all-reduce per step (all tensors bucketed together), and applies the true trust ratios. Groups without weight decay are not adapted (timm) and
+cost no collective.
 
 Semantics are timm's ``Lamb`` (bias correction, grad averaging, L2-style weight decay added to
 the update, trust ratio ||w||/||u|| only for groups with weight decay unless ``always_adapt``,
@@ -28,6 +29,7 @@ class PartitionedLamb(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.max_grad_norm = max_grad_norm
         self.segments: dict[int, torch.Tensor] = {}  # id(flat partition) -> tensor id of each element
+        self.runs: dict[int, tuple] = {}  # id(flat partition) -> (tensor id, length) of each contiguous run
         self.num_tensors = 0
         self.group = None
         self.last_trust: dict[int, float] = {}  # tensor id -> trust ratio of its last update
@@ -36,6 +38,13 @@ class PartitionedLamb(torch.optim.Optimizer):
         """``segments[id(p)]``: for each element of partition ``p``, the id of its tensor in
         [0, num_tensors), or ``num_tensors`` for padding. Ids are the same on every rank."""
         self.segments, self.num_tensors, self.group = segments, num_tensors, group
+        self.runs = {}
+        for key, seg in segments.items():  # a partition holds few contiguous runs: reduce per run
+            change = torch.ones(seg.numel(), dtype=torch.bool)
+            change[1:] = seg[1:] != seg[:-1]
+            starts = change.nonzero().flatten()
+            lengths = torch.diff(starts, append=torch.tensor([seg.numel()]))
+            self.runs[key] = (seg[starts], lengths)
 
     def _layout(self):
         """(group, param, seg ids or None, own tensor id) for every param; unpartitioned params are
@@ -54,15 +63,18 @@ class PartitionedLamb(torch.optim.Optimizer):
         return sums
 
     def _sums(self, layout, size: int, values) -> torch.Tensor:
+        """Per-tensor sums of squares of this rank's pieces (float64 totals)."""
         sums = torch.zeros(size, dtype=torch.float64)
         for (_, p, seg, own), v in zip(layout, values):
             if v is None:
                 continue
-            sq = v.detach().double().pow(2)
+            flat = v.detach().flatten()
             if seg is not None:
-                sums.index_add_(0, seg, sq.flatten())
+                ids, lengths = self.runs[id(p)]
+                part = torch.segment_reduce(flat * flat, "sum", lengths=lengths)
+                sums.index_add_(0, ids, part.double())
             else:
-                sums[own] += sq.sum()
+                sums[own] += torch.dot(flat, flat).double()
         return sums
 
     @torch.no_grad()
@@ -101,18 +113,22 @@ class PartitionedLamb(torch.optim.Optimizer):
             if group["weight_decay"] != 0:
                 u.add_(p, alpha=group["weight_decay"])
             updates.append(u)
-        # one collective for every tensor's ||w||^2 and ||u||^2
-        w2 = self._sums(layout, size, [p if u is not None else None for (_, p, _, _), u in zip(layout, updates)])
-        u2 = self._sums(layout, size, updates)
-        both = self._reduce(torch.cat([w2, u2]))
-        w_norm, u_norm = both[:size].sqrt(), both[size:].sqrt()
-        trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm.clamp(min=1e-300), torch.ones_like(w_norm))
-        touched = (u_norm > 0).nonzero().flatten().tolist()  # DeepSpeed may step one group per call
-        self.last_trust.update({i: float(trust[i]) for i in touched})
-        for (group, p, seg, own), u in zip(layout, updates):
+        # one collective for every adapted tensor's ||w||^2 and ||u||^2 (groups without weight
+        # decay are not adapted, as in timm, and need none: DeepSpeed steps one group per call)
+        adapt = [u is not None and (g["weight_decay"] != 0 or g["always_adapt"]) for (g, _, _, _), u in zip(layout, updates)]
+        trust = None
+        if any(adapt):
+            w2 = self._sums(layout, size, [p if a else None for (_, p, _, _), a in zip(layout, adapt)])
+            u2 = self._sums(layout, size, [u if a else None for u, a in zip(updates, adapt)])
+            both = self._reduce(torch.cat([w2, u2]))
+            w_norm, u_norm = both[:size].sqrt(), both[size:].sqrt()
+            trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm.clamp(min=1e-300), torch.ones_like(w_norm))
+            touched = (u_norm > 0).nonzero().flatten().tolist()
+            self.last_trust.update({i: float(trust[i]) for i in touched})
+        for (group, p, seg, own), u, a in zip(layout, updates, adapt):
             if u is None:
                 continue
-            if group["weight_decay"] != 0 or group["always_adapt"]:
+            if a:
                 ratio = trust.clamp(max=1.0) if group["trust_clip"] else trust
                 r = ratio[seg].to(u.dtype).view_as(u) if seg is not None else ratio[own].to(u.dtype)
                 u.mul_(r)
