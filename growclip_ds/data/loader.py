@@ -1,0 +1,143 @@
+"""Training batches from webdataset shards, deterministic per (seed, epoch, rank, worker) and
+resumable mid-epoch without decoding what was already consumed.
+
+Every rank yields exactly ``batches_per_epoch`` micro-batches per epoch (ranks that ran out of
+shards would hang the collective otherwise): each (rank, worker) reads an endless shard stream,
+either resampled with replacement (``data.resample``, the default) or its own slice of the shard
+list reshuffled per pass, and stops after its share of batches. A batch is ``micro_batch`` good
+samples; undecodable samples, empty captions and unreadable shards are skipped and counted.
+
+Resume: each batch carries the number of raw samples its worker had consumed. The trainer stores
+those in the checkpoint; a resumed worker fast-forwards that many raw samples (bytes only, no
+decoding) through the same seeded shuffle, and the DataLoader's round-robin is rotated so batch k
+of the resumed run is batch k of the uninterrupted one.
+"""
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass, field
+
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchvision.transforms import v2 as T
+
+from ..model.init import name_seed
+
+MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+def image_transform(size: int):
+    """Resize the shorter side to ``size``, center crop, normalise (the paper: center crop only)."""
+    return T.Compose([T.ToImage(), T.Resize(size, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+                      T.CenterCrop(size), T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)])
+
+
+def decode_sample(raw: dict, transform):
+    """(image tensor, caption) or None for a sample that cannot be used. Never unpickles."""
+    ext = next((e for e in IMAGE_EXTS if e in raw), None)
+    if ext is None or "txt" not in raw:
+        return None
+    try:
+        text = raw["txt"].decode("utf-8").strip()
+        with Image.open(io.BytesIO(raw[ext])) as im:
+            img = transform(im.convert("RGB"))
+    except Exception:  # noqa: BLE001 - any undecodable sample is skipped and counted
+        return None
+    return (img, text) if text else None
+
+
+class _Counter:
+    def __init__(self):
+        self.bad_shards = 0
+
+    def handler(self, exn: Exception) -> bool:
+        self.bad_shards += 1
+        return True  # skip the rest of that shard and go on
+
+
+@dataclass
+class EpochPlan:
+    """What one rank reads in one epoch; ``raw_done[role]`` is the resume point of each worker role."""
+
+    shards: list
+    seed: int
+    epoch: int
+    rank: int
+    world: int
+    micro_batch: int
+    batches: int
+    num_workers: int = 0
+    resample: bool = True
+    shuffle_buffer: int = 256
+    start_batch: int = 0
+    raw_done: list = field(default_factory=list)
+
+
+class ShardStream(IterableDataset):
+    def __init__(self, plan: EpochPlan, transform, tokenize):
+        self.plan, self.transform, self.tokenize = plan, transform, tokenize
+
+    def _shard_urls(self, rng: random.Random, role: int, roles: int, idle: dict):
+        """Endless shard stream; raises if 2 x (number of shards) + 8 shards in a row gave no sample."""
+        p = self.plan
+        mine = p.shards if p.resample else p.shards[p.rank * roles + role:: p.world * roles]
+        if not mine:
+            raise ValueError(f"data.resample=false needs at least world_size x num_workers = "
+                             f"{p.world * roles} shards, the data has {len(p.shards)}; set data.resample=true")
+        while True:
+            order = [rng.choice(mine) for _ in mine] if p.resample else rng.sample(mine, len(mine))
+            for s in order:
+                idle["shards"] += 1
+                if idle["shards"] > 2 * len(mine) + 8:
+                    raise RuntimeError(f"no readable sample in {idle['shards'] - 1} shard reads in a row "
+                                       f"(first shard: {mine[0]}); check the shards' integrity")
+                yield {"url": str(s)}
+
+    def _raw_samples(self, rng: random.Random, role: int, roles: int, counter: _Counter):
+        idle = {"shards": 0}
+        src = wds.tariterators.tarfile_samples(self._shard_urls(rng, role, roles, idle), handler=counter.handler)
+        buf, size = [], max(1, self.plan.shuffle_buffer)
+        for s in src:
+            idle["shards"] = 0
+            buf.append(s)
+            if len(buf) >= size:
+                i = rng.randrange(len(buf))
+                buf[i], buf[-1] = buf[-1], buf[i]
+                yield buf.pop()
+
+    def __iter__(self):
+        p = self.plan
+        info = get_worker_info()
+        wid, roles = (0, 1) if info is None else (info.id, info.num_workers)
+        role = (p.start_batch + wid) % roles            # rotate so global batch order is preserved
+        first = p.start_batch + wid                     # global batch indices this worker yields
+        my_batches = len(range(first, p.batches, roles))
+        rng = random.Random(name_seed(p.seed, f"data/e{p.epoch}/r{p.rank}/w{role}"))
+        counter, raw, bad = _Counter(), 0, 0
+        stream = self._raw_samples(rng, role, roles, counter)
+        skip = p.raw_done[role] if p.raw_done else 0
+        for _ in range(skip):
+            next(stream)
+        raw = skip
+        for _ in range(my_batches):
+            imgs, texts = [], []
+            while len(imgs) < p.micro_batch:
+                sample = decode_sample(next(stream), self.transform)
+                raw += 1
+                if sample is None:
+                    bad += 1
+                    continue
+                imgs.append(sample[0])
+                texts.append(sample[1])
+            yield {"images": torch.stack(imgs), "tokens": self.tokenize(texts), "role": role, "raw_done": raw,
+                   "bad_samples": bad, "bad_shards": counter.bad_shards}
+
+
+def make_loader(plan: EpochPlan, image_size: int, tokenize) -> DataLoader:
+    ds = ShardStream(plan, image_transform(image_size), tokenize)
+    return DataLoader(ds, batch_size=None, num_workers=plan.num_workers,
+                      persistent_workers=False, prefetch_factor=4 if plan.num_workers else None)

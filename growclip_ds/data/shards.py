@@ -1,0 +1,63 @@
+"""img2dataset's output format: ``NNNNN.tar`` of KEY.jpg/KEY.txt/KEY.json, ``NNNNN.parquet`` of
+per-sample stats and ``NNNNN_stats.json``. Writing is atomic per file (temporary name, then
+``os.replace``), so an interrupted generator never leaves a half shard under a real name."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def atomic_write_table(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def write_shard(path: Path, samples: list[dict]) -> int:
+    """Write samples {key, jpg (bytes), txt, meta (dict), width, height} as one img2dataset shard."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    rows = []
+    with tarfile.open(tmp, "w") as tar:
+        for s in samples:
+            meta = {"url": s.get("url", f"synthetic://{s['key']}"), "caption": s["txt"], "key": s["key"],
+                    "status": "success", "error_message": None, "width": s["width"], "height": s["height"],
+                    "original_width": s["width"], "original_height": s["height"], **s.get("meta", {})}
+            _add(tar, f"{s['key']}.jpg", s["jpg"])
+            _add(tar, f"{s['key']}.txt", s["txt"].encode())
+            _add(tar, f"{s['key']}.json", json.dumps(meta).encode())
+            rows.append({k: meta[k] for k in ("url", "caption", "key", "status", "error_message", "width",
+                                               "height", "original_width", "original_height")})
+    os.replace(tmp, path)
+    atomic_write_table(pa.Table.from_pylist(rows), path.with_suffix(".parquet"))
+    stats = {"count": len(rows), "successes": len(rows), "failed_to_download": 0, "failed_to_resize": 0,
+             "start_time": time.time(), "end_time": time.time(), "status_dict": {"success": len(rows)}}
+    path.with_name(path.stem + "_stats.json").write_text(json.dumps(stats))
+    return len(rows)
+
+
+def count_samples(tar_path: Path) -> int:
+    """Successful samples of a shard: from its img2dataset parquet when present, else by reading the tar."""
+    pq_path = tar_path.with_suffix(".parquet")
+    if pq_path.exists():
+        t = pq.read_table(pq_path, columns=["status"])
+        return sum(1 for s in t.column("status").to_pylist() if s == "success")
+    keys = set()
+    with tarfile.open(tar_path) as tar:
+        for m in tar:
+            if m.name.endswith((".jpg", ".jpeg", ".png", ".webp")):
+                keys.add(m.name.rsplit(".", 1)[0])
+    return len(keys)

@@ -1,0 +1,63 @@
+"""Text tokenization: a BPE tokenizer trained on the corpus captions, loaded through ``transformers``.
+
+Any local Hugging Face tokenizer folder (for example a CLIP tokenizer a user already has) works too.
+Model token ids are the tokenizer's ids + 1, so that 0 is padding whatever the tokenizer: the
+model finds the end-of-text token as the last non-zero position.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+SPECIALS = ["<pad>", "<sot>", "<eot>", "<unk>"]
+
+
+def train_bpe(captions, out_dir, vocab_size: int) -> Path:
+    """Train a lower-cased byte-level-free BPE on ``captions`` and save it as an HF tokenizer folder."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    # the model adds 1 to every id, so the tokenizer may use vocab_size - 1 ids
+    tok.train_from_iterator(captions, trainers.BpeTrainer(vocab_size=vocab_size - 1, special_tokens=SPECIALS))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<sot>",
+                                   eos_token="<eot>", unk_token="<unk>")
+    fast.save_pretrained(out_dir)  # writes tokenizer.json and its configs
+    return out_dir
+
+
+class TextTokenizer:
+    """Callable: list of captions -> LongTensor (n, context_length) of model ids (tokenizer id + 1)."""
+
+    def __init__(self, path, context_length: int):
+        from transformers import AutoTokenizer
+
+        path = Path(path)
+        if not (path / "tokenizer.json").exists() and not (path / "vocab.json").exists():
+            raise FileNotFoundError(f"{path}: no tokenizer.json or vocab.json; name a Hugging Face tokenizer "
+                                    "folder (data.tokenizer) or make the built-in data first")
+        self.tok = AutoTokenizer.from_pretrained(str(path))
+        self.context_length = context_length
+        self.sot = self.tok.bos_token_id
+        self.eot = self.tok.eos_token_id
+        if self.eot is None:
+            raise ValueError(f"{path}: the tokenizer defines no end-of-text (eos) token")
+
+    @property
+    def vocab_size(self) -> int:
+        """Model vocabulary needed: the tokenizer's ids shifted by one."""
+        return len(self.tok) + 1
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        out = torch.zeros(len(texts), self.context_length, dtype=torch.long)
+        ids_list = self.tok(list(texts), add_special_tokens=False)["input_ids"]
+        head = [] if self.sot is None else [self.sot]
+        for i, ids in enumerate(ids_list):
+            ids = (head + ids)[: self.context_length - 1] + [self.eot]
+            out[i, : len(ids)] = torch.tensor(ids) + 1
+        return out
