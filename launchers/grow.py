@@ -99,14 +99,16 @@ def main(argv=None) -> int:
 
     res = run_phase_of_step(cfg, args.step, run_dir, todo[0], ablate, progress=not args.no_progress,
                             stop_after=args.stop_after_steps)
-    if args.phase or res.get("stopped") or len(todo) == 1:
-        return 0
-    # Next phase in a fresh process (same pid, same rank environment): a new engine never shares a
-    # process with an old one.
+    # Every rank leaves the group together: a rank exiting while gloo peers still talk to it can
+    # abort them at teardown.
     import torch.distributed as dist
 
     dist.barrier()
     dist.destroy_process_group()
+    if args.phase or res.get("stopped") or len(todo) == 1:
+        return 0
+    # Next phase in a fresh process (same pid, same rank environment): a new engine never shares a
+    # process with an old one.
     sys.stdout.flush()
     sys.stderr.flush()
     os.environ[EXEC_GEN] = str(int(os.environ.get(EXEC_GEN, "0")) + 1)

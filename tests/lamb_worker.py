@@ -63,6 +63,8 @@ def main():
         state = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
     if rank == 0:
         torch.save({"state": state, "trust1": trust1}, out)
+    torch.distributed.barrier()  # no rank exits while a peer's gloo still talks to it
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
