@@ -111,18 +111,16 @@ class GrowthStep:
         return _shared_init(self.dir / "pim1" / "model.safetensors",
                             lambda: self._pim(self.prev_dir, self.prev_arch, self.super_arch, "pim1"))
 
-    def latest_supernet(self) -> dict:
-        for phase in ("sample", "supernet"):
-            if is_done(self.run_dir, self.t, phase):
-                return checkpoint.read_model(self.dir / phase)[0]
-        return self.supernet_init()
-
     def latest_supernet_dir(self) -> Path:
+        """The most trained supernet so far: after sampling, after fine-tuning, or PIM@1's output."""
         for phase in ("sample", "supernet"):
             if is_done(self.run_dir, self.t, phase):
                 return self.dir / phase
         self.supernet_init()
         return self.dir / "pim1"
+
+    def latest_supernet(self) -> dict:
+        return checkpoint.read_model(self.latest_supernet_dir())[0]
 
     def sampler(self, check_every: int):
         from .growth.sampling import SubnetSampler

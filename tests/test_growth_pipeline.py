@@ -114,3 +114,19 @@ def test_step3_on_one_rank_starts_from_the_pim_output(run, tiny_data):
     assert expect.keys() == loaded.keys()
     for k in expect:
         assert torch.equal(expect[k], loaded[k]), k
+
+
+def test_plan_and_report_of_the_run(run, tiny_data):
+    from growclip_ds.planning import plan_next_step
+    from growclip_ds.report import step_rows, write_report
+
+    cfg = load_config("tiny", [f"data.root={tiny_data}"])
+    text = plan_next_step(cfg, run)
+    assert "growth step 3 of 4" in text and "64 candidates" in text and "24 encoder variants" in text
+    rows = step_rows(run)
+    assert [r["step"] for r in rows][:2] == [1, 2]
+    # every training phase's analytic FLOPs are summed per step: step 2 = supernet + sample + final
+    phases = [json.loads((run / "step2" / p / "done.json").read_text()) for p in ("supernet", "sample", "final")]
+    assert rows[1]["train_flops"] == sum(p["train_flops"] for p in phases) > 0
+    md = write_report(run)
+    assert (run / "report.png").stat().st_size > 0 and "GAS at step 2" in md.read_text()
