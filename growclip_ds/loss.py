@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .distributed import rank_world
+
 
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather forward; backward sums every rank's gradient of the gathered tensor (one
@@ -39,7 +41,7 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Mean of image->text and text->image cross-entropies; ``img``/``txt`` are this rank's
     normalised features, ``logit_scale`` is exp(log-scale), already clamped by the model."""
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    rank = rank_world()[0]
     all_img, all_txt = gather_with_grad(img), gather_with_grad(txt)
     labels = torch.arange(img.shape[0], device=img.device) + rank * img.shape[0]
     logits_i2t = logit_scale * img @ all_txt.T

@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file
 
 from .config import ArchConfig, RunConfig
 from .data.manifest import Manifest
+from .distributed import barrier, rank_world
 from .growth import space
 from .growth.gas import run_gas
 from .growth.pim import pim
@@ -34,15 +34,6 @@ from .train import checkpoint
 from .train.loop import Phase, finish_step, load_tokenizer, run_phase
 
 ABLATIONS = ("pim1", "st", "gas", "pim3")
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def phases_for(step: int, ablate: set) -> list[str]:
@@ -67,17 +58,17 @@ def pending_phases(run_dir: Path, step: int, ablate: set) -> list[str]:
 
 
 def _mark_done(run_dir: Path, step: int, phase: str, info: dict) -> None:
-    if _rank() == 0:
+    if rank_world()[0] == 0:
         checkpoint.atomic_write_text(step_dir(run_dir, step) / phase / "done.json", json.dumps(info, indent=1))
-    _barrier()
+    barrier()
 
 
 def _shared_init(path: Path, make) -> dict:
     """Rank 0 computes a starting state dict (PIM) and saves it; every rank loads the same file."""
-    if _rank() == 0 and not path.exists():
+    if rank_world()[0] == 0 and not path.exists():
         sd, arch = make()
         checkpoint.write_model(path.parent, sd, arch, {"role": "initial weights"}, name=path.name)
-    _barrier()
+    barrier()
     return load_file(str(path))
 
 
@@ -138,7 +129,7 @@ def run_phase_of_step(cfg: RunConfig, step: int, run_dir: Path, phase: str, abla
     run_dir = Path(run_dir)
     d = step_dir(run_dir, step)
     t0 = time.time()
-    if _rank() == 0:
+    if rank_world()[0] == 0:
         d.mkdir(parents=True, exist_ok=True)
         checkpoint.atomic_write_text(d / "config.json", json.dumps(cfg.to_dict(), indent=1))
     if phase == "train":
@@ -173,7 +164,7 @@ def run_phase_of_step(cfg: RunConfig, step: int, run_dir: Path, phase: str, abla
     else:
         raise ValueError(f"--phase: unknown phase {phase!r}; step {step} has {phases_for(step, ablate)}")
     if not res["stopped"]:
-        if _rank() == 0:
+        if rank_world()[0] == 0:
             checkpoint.write_model(d / phase, checkpoint.consolidated_state_dict(Path(res["ckpt_dir"])), gs.super_arch)
         _mark_done(run_dir, step, phase, _cost(res, t0))
     return res
@@ -189,10 +180,10 @@ def _random_choice(gs: GrowthStep) -> ArchConfig:
     """GAS ablated: a candidate drawn uniformly with a seed of (seed, t), written as the choice."""
     idx = random.Random(name_seed(gs.cfg.train.seed, f"random-choice/t{gs.t}")).randrange(space.NUM_CANDIDATES)
     arch = space.candidate(gs.prev_arch, gs.cfg.growth, idx)
-    if _rank() == 0:
+    if rank_world()[0] == 0:
         checkpoint.atomic_write_text(gs.dir / "arch.json", json.dumps(
             {**arch.to_dict(), "params": param_count(arch), "chosen_by": "random", "index": idx}, indent=1))
-    _barrier()
+    barrier()
     return arch
 
 
@@ -206,7 +197,7 @@ def _run_gas(cfg: RunConfig, gs: GrowthStep, progress: bool, t0: float) -> dict:
     with torch.no_grad():
         idx, chosen = run_gas(model, gs.prev_arch, cfg.growth, sets, load_tokenizer(cfg, arch), gs.dir,
                               param_count(gs.prev_arch), gs.n_prev, gs.n_now, progress)
-    if _rank() == 0:
+    if rank_world()[0] == 0:
         checkpoint.atomic_write_text(gs.dir / "arch.json", json.dumps(
             {**chosen.to_dict(), "params": param_count(chosen), "chosen_by": "gas", "index": idx}, indent=1))
     _mark_done(gs.run_dir, gs.t, "gas", {"wall_s": time.time() - t0, "index": idx})

@@ -3,7 +3,6 @@ the choice is the formula's argmax; a restarted GAS redoes only what was not fin
 import json
 
 import pytest
-import torch
 
 from growclip_ds.config import load_config
 from growclip_ds.data.tokenizer import TextTokenizer

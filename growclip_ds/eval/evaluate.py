@@ -16,6 +16,7 @@ import torch.distributed as dist
 import webdataset as wds
 from PIL import Image
 
+from ..distributed import rank_world
 from ..data.loader import IMAGE_EXTS, image_transform
 from .metrics import class_embeddings, retrieval_metrics, topk_accuracy
 
@@ -59,16 +60,10 @@ class EvalSets:
             self.retrieval = {"images": imgs, "texts": texts, "steps": [m.get("step", 0) for m in metas]}
 
 
-def _dist():
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 @torch.no_grad()
 def _encode_spread(fn, items, batch: int) -> torch.Tensor:
     """Encode ``items`` (a tensor or list) spread over ranks; every rank gets all embeddings in order."""
-    rank, world = _dist()
+    rank, world = rank_world()
     idx = list(range(rank, len(items), world))
     parts = []
     for i in range(0, len(idx), batch):

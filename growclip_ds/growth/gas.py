@@ -15,11 +15,11 @@ import os
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..config import ArchConfig, GrowthConfig
+from ..distributed import barrier, rank_world
 from ..eval.evaluate import task_classifier, task_prompts
 from ..eval.metrics import topk_accuracy
 from ..model import param_count
@@ -64,14 +64,10 @@ def _variant_file(folder: Path, kind: str, key: tuple) -> Path:
     return folder / f"{kind}_{'_'.join(map(str, key))}.safetensors"
 
 
-def _rank_world():
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
 def run_gas(model, prev: ArchConfig, growth: GrowthConfig, sets, tokenize, step_dir: Path, prev_params: int,
             n_prev: int, n_now: int, progress: bool = True) -> tuple[int, ArchConfig]:
     """Score every candidate (resuming), write ``gas.jsonl`` and the choice to ``arch.json``."""
-    rank, world = _rank_world()
+    rank, world = rank_world()
     folder = step_dir / "gas"
     folder.mkdir(parents=True, exist_ok=True)
     model.eval()
@@ -84,12 +80,10 @@ def run_gas(model, prev: ArchConfig, growth: GrowthConfig, sets, tokenize, step_
         emb = image_embeddings(model, arch, sets) if kind == "img" else text_classifiers(model, arch, sets, tokenize)
         save_file(emb, str(f.with_name(f.name + ".tmp")))
         os.replace(f.with_name(f.name + ".tmp"), f)
-    if dist.is_initialized():
-        dist.barrier()
+    barrier()
     if rank == 0:
         _score_all(prev, growth, sets, folder, step_dir / "gas.jsonl", prev_params, n_prev, n_now)
-    if dist.is_initialized():
-        dist.barrier()
+    barrier()
     return choose(step_dir / "gas.jsonl", prev, growth)
 
 

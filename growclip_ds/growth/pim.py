@@ -58,10 +58,9 @@ def pim(old_state: dict, old_arch: ArchConfig, new_arch: ArchConfig, beta: float
         raise ValueError(f"growth.pim_scope: must be 'all' or 'weights' (got {scope!r})")
     out = {}
     for name, shape in state_shapes(new_arch).items():
-        fresh = init_tensor(name, shape, seed)           # new heads / new stacks: a fresh init
         src = source_name(name, old_arch)
-        if src is None:
-            out[name] = fresh
+        if src is None:  # a stack that was empty: a fresh init
+            out[name] = init_tensor(name, shape, seed)
             continue
         if src not in old_state:
             raise KeyError(f"{src}: missing from the old state dict (does it match arch {old_arch}?)")
@@ -69,6 +68,8 @@ def pim(old_state: dict, old_arch: ArchConfig, new_arch: ArchConfig, beta: float
         if old.dim() != len(shape):
             raise ValueError(f"{name}: old tensor has {old.dim()} dims, new has {len(shape)}")
         overlap = tuple(slice(0, min(a, b)) for a, b in zip(old.shape, shape))
+        covered = all(a >= b for a, b in zip(old.shape, shape))  # shrinking: nothing stays fresh
+        fresh = torch.empty(shape) if covered else init_tensor(name, shape, seed)  # new heads: fresh init
         if name == "logit_scale" and copy_logit_scale:
             fresh[overlap] = old[overlap]
         elif scope == "weights" and init_kind(name, shape)[0] != "normal":

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 
 from ..config import ArchConfig, RunConfig
+from ..distributed import barrier, rank_world
 from ..data.loader import EpochPlan, make_loader
 from ..data.manifest import Manifest
 from ..data.tokenizer import TextTokenizer
@@ -36,7 +36,6 @@ class Phase:
     init_state: dict | None = None             # starting weights; None: fresh init from the seed
     sampler: Callable[[int], ArchConfig] | None = None   # iteration -> active sub-architecture
     epochs: float | None = None                # overrides train.epochs for this phase
-    extra_meta: dict = field(default_factory=dict)
 
 
 def tokenizer_path(cfg: RunConfig) -> Path:
@@ -60,17 +59,13 @@ def plan_steps(cfg: RunConfig, num_samples: int, epochs: float | None) -> tuple[
     return per_epoch, max(1, round((epochs if epochs is not None else cfg.train.epochs) * per_epoch))
 
 
-def _rank_world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
 def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True,
               stop_after: int | None = None) -> dict:
     """Train one phase to its end (resuming from its last checkpoint); returns its summary.
 
     ``stop_after``: checkpoint and return once this many optimizer steps are done (a planned stop:
     preemption drills and resume tests); the summary then has ``stopped=True``."""
-    rank, world = _rank_world()
+    rank, world = rank_world()
     phase_dir = Path(run_dir) / f"step{phase.growth_step}" / phase.name
     ckpt_dir = phase_dir / "checkpoints"
     manifest = Manifest.load(cfg.data.root)
@@ -98,7 +93,7 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
     log = MetricsLogger(phase_dir, rank, total, step, desc=f"step{phase.growth_step}/{phase.name}",
                         enabled=progress, log_every=t.log_every)
     base_meta = {"arch": phase.arch.to_dict(), "growth_step": phase.growth_step, "phase": phase.name,
-                 "data_steps": phase.data_steps, "world_size": world, **phase.extra_meta}
+                 "data_steps": phase.data_steps, "world_size": world}
 
     def save(step_now: int, state: dict) -> None:
         checkpoint.save(engine, ckpt_dir, step_now, {**base_meta, "global_step": step_now,
@@ -168,8 +163,7 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
     if last_saved != total:
         save(total, {"epoch": (total - 1) // per_epoch, "raw_done": []})
     log.close()
-    if dist.is_initialized():
-        dist.barrier()
+    barrier()
     return {"phase": phase.name, "stopped": False, "ckpt_dir": str(ckpt_dir), "total_steps": total,
             "samples_seen": samples_seen, "train_flops": flops_done, "num_samples_data": n_samples,
             "losses": losses}
@@ -180,18 +174,16 @@ def finish_step(cfg: RunConfig, run_dir: Path, growth_step: int, ckpt_dir: Path,
     """Consolidate the phase's last checkpoint into ``<run>/step<t>/`` and evaluate it on all ranks."""
     from ..eval.evaluate import EvalSets, evaluate
 
-    rank, _ = _rank_world()
+    rank, _ = rank_world()
     out = Path(run_dir) / f"step{growth_step}"
     if rank == 0:
         checkpoint.write_model(out, checkpoint.consolidated_state_dict(ckpt_dir), arch, extra)
-    if dist.is_initialized():
-        dist.barrier()
+    barrier()
     sd, arch = checkpoint.read_model(out)
     model = GrowCLIP(arch)
     model.load_state_dict(sd)
     result = evaluate(model, EvalSets(cfg.data.root, arch.image_size), load_tokenizer(cfg, arch))
     if rank == 0:
         checkpoint.atomic_write_text(out / "eval.json", json.dumps(result, indent=1))
-    if dist.is_initialized():
-        dist.barrier()
+    barrier()
     return result
