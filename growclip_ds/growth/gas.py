@@ -94,20 +94,26 @@ def _score_all(prev, growth, sets, folder: Path, jsonl: Path, prev_params, n_pre
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         os.replace(tmp, jsonl)
     done = {r["index"] for r in rows}
+    loaded: dict[Path, dict] = {}  # each of the 24 variant files is read once, not once per candidate
+
+    def load(kind: str, key: tuple) -> dict:
+        f = _variant_file(folder, kind, key)
+        if f not in loaded:
+            loaded[f] = load_file(str(f))
+        return loaded[f]
+
     with open(jsonl, "a") as out:
         for i, c in enumerate(space.candidates(prev, growth)):
             if i in done:
                 continue
-            img = load_file(str(_variant_file(folder, "img", space.image_variant(c))))
-            cls = load_file(str(_variant_file(folder, "txt", space.text_variant(c))))
-            acc = accuracy(img, cls, sets)
+            acc = accuracy(load("img", space.image_variant(c)), load("txt", space.text_variant(c)), sets)
             p = param_count(c)
             row = {"index": i, "arch": c.to_dict(), "params": p, "accuracy": acc,
                    "score": gas_score(acc, p, prev_params, n_prev, n_now, growth.alpha),
                    "size_term": growth.alpha * (n_prev / n_now) * (prev_params / p)}
             out.write(json.dumps(row) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+            out.flush()  # in the file as soon as known; a line a crash cuts is rescored from the variants
+        os.fsync(out.fileno())
 
 
 def read_scores(jsonl: Path) -> list[dict]:

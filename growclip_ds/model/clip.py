@@ -63,15 +63,23 @@ class GrowCLIP(nn.Module):
             p.copy_(init_tensor(name, tuple(p.shape), seed))
 
     # ------------------------------------------------------------------ forward
+    def to_shared(self, x: torch.Tensor, proj: nn.Module, modality: str, pool) -> torch.Tensor:
+        """Project tokens to D^S, run the shared stack, pool. Without shared blocks the pooled token
+        is projected alone: the projection acts per token, so the result is the same at 1/N the cost
+        (and the FLOPs match OpenCLIP's for a plain dual-stream CLIP)."""
+        if self.shared.active_blocks == 0:
+            return proj(pool(x))
+        return pool(self.shared(proj(x), modality))
+
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        x = self.shared(self.image(images), "img")[:, 0]
+        x = self.to_shared(self.image(images), self.image.proj, "img", lambda t: t[:, 0])
         x = self.img_head(self.img_ln_final(x))
         return F.normalize(x, dim=-1) if normalize else x
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        x = self.shared(self.text(tokens), "txt")
         eot = (tokens != PAD_ID).sum(-1).clamp(min=1) - 1
-        x = x[torch.arange(x.shape[0], device=x.device), eot]
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        x = self.to_shared(self.text(tokens), self.text.proj, "txt", lambda t: t[rows, eot])
         x = self.txt_head(self.txt_ln_final(x))
         return F.normalize(x, dim=-1) if normalize else x
 

@@ -58,8 +58,8 @@ class ElasticAttention(nn.Module):
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         b, n, w = x.shape
         heads = w // self.head_dim
-        qkv = torch.einsum("bnd,sed->sbne", x, self.qkv_weight[:, :w, :w]) + self.qkv_bias[:, None, None, :w]
-        q, k, v = (t.view(b, n, heads, self.head_dim).transpose(1, 2) for t in qkv.unbind(0))
+        qkv = F.linear(x, self.qkv_weight[:, :w, :w].reshape(3 * w, w), self.qkv_bias[:, :w].reshape(3 * w))
+        q, k, v = qkv.view(b, n, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         return self.proj(y.transpose(1, 2).reshape(b, n, w), out=w)
 

@@ -1,7 +1,8 @@
 """The three encoders of GrowCLIP: conv-stem ViT (image), causal transformer (text), shared stack.
 
 Each encoder is built at its largest size and runs any smaller size set by ``set_active``.
-Outputs are token sequences already projected to the shared width D^S (= embed_dim).
+Image and text encoders return token sequences at their own width; each owns the projection
+``proj`` to the shared width D^S (= embed_dim), which ``GrowCLIP`` applies (see ``to_shared``).
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class ElasticPatchify(nn.Module):
 
 class ImageEncoder(nn.Module):
     """Conv stem (stride-2 conv, l elastic stride-1 convs, patchify) or plain patch embedding,
-    then class token + learned positions, b pre-LN blocks, and a projection to D^S."""
+    then class token + learned positions, b pre-LN blocks; ``proj`` maps to D^S."""
 
     def __init__(self, arch):
         super().__init__()
@@ -83,12 +84,11 @@ class ImageEncoder(nn.Module):
         x = self.patchify(x, width).flatten(2).transpose(1, 2)           # B, N, W
         cls = self.cls_token[:width].expand(x.shape[0], 1, width)
         x = torch.cat([cls, x], dim=1) + self.pos_emb[: x.shape[1] + 1, :width]
-        x = _run_blocks(self.blocks, x, blocks, self.grad_checkpointing)
-        return self.proj(x)
+        return _run_blocks(self.blocks, x, blocks, self.grad_checkpointing)
 
 
 class TextEncoder(nn.Module):
-    """Token + learned position embeddings, b causal pre-LN blocks, projection to D^S."""
+    """Token + learned position embeddings, b causal pre-LN blocks; ``proj`` maps to D^S."""
 
     def __init__(self, arch):
         super().__init__()
@@ -109,8 +109,7 @@ class TextEncoder(nn.Module):
         blocks, heads = self.active
         width = heads * self.head_dim
         x = F.embedding(tokens, self.tok_emb)[..., :width] + self.pos_emb[: tokens.shape[1], :width]
-        x = _run_blocks(self.blocks, x, blocks, self.grad_checkpointing)
-        return self.proj(x)
+        return _run_blocks(self.blocks, x, blocks, self.grad_checkpointing)
 
 
 class SharedEncoder(nn.Module):

@@ -1,7 +1,11 @@
 """Analytic FLOPs of one sample's forward pass (2 FLOPs per multiply-accumulate), conv stem,
-shared encoder and attention included. Training counts 3 x forward (no recomputation).
+shared encoder and attention included; norms, activations and softmax are not counted (the
+OpenCLIP / DeepSpeed-profiler MAC convention). Training counts 3 x forward; activation
+recomputation (gradient checkpointing) is counted apart, as hardware FLOPs.
 
-    >>> forward_flops(PRESETS["vit-b-16"].arch)   # ~41.1e9 (35.1 image + 6.0 text, OpenCLIP's count)
+    >>> forward_flops(PRESETS["vit-b-16"].arch)   # 41.09e9 = 35.13 image + 5.96 text (OpenCLIP)
+
+Checked against DeepSpeed's flops profiler and OpenCLIP's figures in tests/test_flops.py.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ def block_flops(width: int, tokens: int, ratio: int) -> int:
     return linear + attention
 
 
-def image_flops(arch: ArchConfig, with_shared: bool = True) -> int:
+def image_flops(arch: ArchConfig) -> int:
     s, w = arch.image_size, arch.img_width
     n = arch.num_patches + 1
     if arch.stem == "conv":
@@ -25,18 +29,22 @@ def image_flops(arch: ArchConfig, with_shared: bool = True) -> int:
         stem += 2 * arch.num_patches * w * c * (arch.patch_size // 2) ** 2
     else:
         stem = 2 * arch.num_patches * w * 3 * arch.patch_size ** 2
-    f = stem + arch.img_blocks * block_flops(w, n, arch.mlp_ratio) + 2 * n * w * arch.embed_dim
-    if with_shared:
-        f += arch.shared_blocks * block_flops(arch.embed_dim, n, arch.mlp_ratio)
-    return f + 2 * arch.embed_dim * arch.embed_dim
+    return stem + arch.img_blocks * block_flops(w, n, arch.mlp_ratio) + _to_shared(arch, w, n)
 
 
-def text_flops(arch: ArchConfig, with_shared: bool = True) -> int:
+def _to_shared(arch: ArchConfig, width: int, tokens: int) -> int:
+    """Projection to D^S (every token when the shared stack runs, else the pooled one), the shared
+    blocks, and the final head."""
+    e = arch.embed_dim
+    if arch.shared_blocks == 0:
+        return 2 * width * e + 2 * e * e
+    f = 2 * tokens * width * e + 2 * e * e
+    return f + arch.shared_blocks * block_flops(e, tokens, arch.mlp_ratio)
+
+
+def text_flops(arch: ArchConfig) -> int:
     n, w = arch.context_length, arch.txt_width
-    f = arch.txt_blocks * block_flops(w, n, arch.mlp_ratio) + 2 * n * w * arch.embed_dim
-    if with_shared:
-        f += arch.shared_blocks * block_flops(arch.embed_dim, n, arch.mlp_ratio)
-    return f + 2 * arch.embed_dim * arch.embed_dim
+    return arch.txt_blocks * block_flops(w, n, arch.mlp_ratio) + _to_shared(arch, w, n)
 
 
 def forward_flops(arch: ArchConfig) -> int:
@@ -44,5 +52,18 @@ def forward_flops(arch: ArchConfig) -> int:
 
 
 def train_flops(arch: ArchConfig) -> int:
-    """Per training sample: forward + backward = 3 x forward."""
+    """Model FLOPs per training sample: forward + backward = 3 x forward (what MFU counts)."""
     return 3 * forward_flops(arch)
+
+
+def hardware_train_flops(arch: ArchConfig, recompute: bool) -> int:
+    """FLOPs actually executed per sample: with gradient checkpointing every block's forward runs
+    twice, so 4 x the block forwards (the stem and projections are not recomputed)."""
+    if not recompute:
+        return train_flops(arch)
+    n_img, n_txt = arch.num_patches + 1, arch.context_length
+    blocks = arch.img_blocks * block_flops(arch.img_width, n_img, arch.mlp_ratio) \
+        + arch.txt_blocks * block_flops(arch.txt_width, n_txt, arch.mlp_ratio) \
+        + arch.shared_blocks * (block_flops(arch.embed_dim, n_img, arch.mlp_ratio)
+                                + block_flops(arch.embed_dim, n_txt, arch.mlp_ratio))
+    return train_flops(arch) + blocks

@@ -1,0 +1,67 @@
+"""What every benchmark shares: the device name, dense peak FLOP/s tables, a measured matmul peak,
+and writing a record as JSON plus a Markdown table under docs/benchmarks/<name>_<device>_<date>."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT_DIR = REPO / "docs" / "benchmarks"
+
+# Dense (no sparsity) peak FLOP/s per device, from the vendors' data sheets (SXM parts).
+PEAK_FLOPS = {
+    "v100": {"fp32": 15.7e12, "fp16": 125e12, "bf16": None},
+    "a100": {"fp32": 19.5e12, "fp16": 312e12, "bf16": 312e12},
+    "h100": {"fp32": 66.9e12, "fp16": 989.4e12, "bf16": 989.4e12},
+    "h200": {"fp32": 66.9e12, "fp16": 989.4e12, "bf16": 989.4e12},
+}
+
+
+def device_name() -> str:
+    """'h100', 'a100', ... for a known GPU, the raw CUDA name otherwise, 'cpu' without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available() or os.environ.get("DS_ACCELERATOR") == "cpu":
+        return "cpu"
+    name = torch.cuda.get_device_name().lower()
+    return next((k for k in PEAK_FLOPS if k in name), name.replace(" ", "_"))
+
+
+def table_peak(device: str, precision: str) -> float | None:
+    peak = PEAK_FLOPS.get(device, {}).get(precision)
+    return peak
+
+
+def machine() -> str:
+    return f"{platform.machine()} {os.cpu_count()} cores"
+
+
+def measure_matmul_peak(dtype, device, n: int = 1024, seconds: float = 1.0) -> float:
+    """FLOP/s of an n x n matmul, repeated for about ``seconds``, in this process (run it on every
+    rank at once to get what the ranks together can do)."""
+    import torch
+
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
+    a @ b
+    sync()
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    sync()
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
+def write_record(name: str, record: dict, table: list[str], device: str = "cpu") -> Path:
+    """Write ``record`` (plus machine and date) as JSON and ``table`` as Markdown; returns the JSON path."""
+    record = {**record, "machine": machine(), "device": device, "date": time.strftime("%Y-%m-%d")}
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    stem = OUT_DIR / f"{name}_{device}_{record['date']}"
+    stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    stem.with_suffix(".md").write_text("\n".join(table) + "\n")
+    return stem.with_suffix(".json")
