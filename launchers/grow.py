@@ -94,6 +94,9 @@ def main(argv=None) -> int:
     if not todo:
         print(f"[growclip_ds] {run_dir}/step{args.step} is complete; nothing to do")
         return 0
+    from growclip_ds.train import preempt
+
+    preempt.install()  # SIGTERM / SIGUSR1: checkpoint after the current step, exit PREEMPTED_EXIT
     init_distributed()
     from growclip_ds.pipeline import run_phase_of_step
 
@@ -105,6 +108,10 @@ def main(argv=None) -> int:
 
     dist.barrier()
     dist.destroy_process_group()
+    if res.get("preempted"):
+        print(f"[growclip_ds] preempted: checkpointed {res['ckpt_dir']}; rerun the same command to resume",
+              flush=True)
+        return preempt.PREEMPTED_EXIT
     if args.phase or res.get("stopped") or len(todo) == 1:
         return 0
     # Next phase in a fresh process (same pid, same rank environment): a new engine never shares a

@@ -34,9 +34,9 @@ def free_port() -> int:
 
 
 def launch(args: list[str], ranks: int = 2, launcher: str = "deepspeed", timeout: int = 300,
-           check: bool = True) -> subprocess.CompletedProcess:
+           check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run launchers/grow.py on ``ranks`` local ranks through a real launcher (deepspeed or torchrun)."""
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
     script = str(REPO / "launchers" / "grow.py")
     if launcher == "deepspeed":
         cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(ranks),

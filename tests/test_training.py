@@ -1,6 +1,9 @@
 """Step 1 for real on 2 ranks: DeepSpeed and torchrun launchers, ZeRO-2 vs ZeRO-3, stop and resume,
-consolidation with DeepSpeed's zero_to_fp32, eval.json. Four launches, ~1 min in all."""
+kill -9 of a rank while training, while saving and while consolidating, consolidation with
+DeepSpeed's zero_to_fp32, eval.json. Eight launches, ~2 min in all."""
 import json
+import os
+import shutil
 
 import pytest
 import torch
@@ -29,6 +32,13 @@ def runs(tiny_data, tmp_path_factory):
     launch(resumed + ["--stop-after-steps", "5"], launcher="deepspeed")
     out["stopped_files"] = sorted(p.name for p in (out["resumed"] / "step1").iterdir())
     launch(resumed, launcher="deepspeed")
+    killed = common + ["--run-dir", str(base / "killed"), "--set", "train.zero_stage=2",
+                       "--set", "train.checkpoint_every=2"]
+    out["killed"], out["kills"] = base / "killed", []
+    for fault in ("train@1:3", "save@0:4", "consolidate@0"):   # each relaunch resumes, then dies again
+        p = launch(killed, launcher="deepspeed", check=False, env={"GROWCLIP_FAULT": fault})
+        out["kills"].append((fault, p.returncode, p.stdout + p.stderr))
+    launch(killed, launcher="deepspeed")
     return out
 
 
@@ -74,3 +84,42 @@ def test_step_artifacts_follow_the_contract(runs):
     sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt))
     ours = load_file(step / "model.safetensors")
     assert all(torch.equal(sd[k].float(), ours[k]) for k in ours)
+
+
+def test_kill_9_anywhere_loses_nothing_and_resumes_the_same_run(runs):
+    for fault, rc, out in runs["kills"]:
+        assert rc != 0 and "fault injection: SIGKILL" in out, fault
+    # the save killed at step 4 (its files written, manifest and 'latest' not): the next start resumed step 2
+    assert "resuming from" in runs["kills"][2][2] and "global_step2" in runs["kills"][2][2]
+    steps, losses = _losses(runs["killed"])          # redone steps log again: keep the last of each
+    last = dict(zip(steps, losses))
+    ref_steps, ref = _losses(runs["zero2"])
+    assert sorted(last) == ref_steps and [last[s] for s in ref_steps] == pytest.approx(ref, abs=1e-6)
+    a = load_file(runs["zero2"] / "step1" / "model.safetensors")
+    b = load_file(runs["killed"] / "step1" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    ckpt = runs["killed"] / "step1" / "train" / "checkpoints"
+    from growclip_ds.train.checkpoint import verify
+
+    assert all(verify(ckpt / f"global_step{s}") is None for s in (2, 4, 6, 8, 10, 12))
+
+
+def test_corrupt_or_truncated_checkpoint_is_refused_for_the_previous(runs, tmp_path):
+    from growclip_ds.train.checkpoint import pick_tag
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(runs["killed"] / "step1" / "train" / "checkpoints", ckpt)
+    said = []
+    optim = ckpt / "global_step12" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    with open(optim, "r+b") as f:     # same size, one flipped byte
+        f.seek(os.path.getsize(optim) // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    assert pick_tag(ckpt, log=said.append) == "global_step10"
+    assert str(optim) in said[0] and "CRC32" in said[0] and "global_step10 instead" in said[1]
+    model = ckpt / "global_step10" / "mp_rank_00_model_states.pt"
+    os.truncate(model, os.path.getsize(model) // 2)
+    said.clear()
+    assert pick_tag(ckpt, log=said.append) == "global_step8"
+    assert any(str(model) in m and "truncated" in m for m in said)

@@ -75,6 +75,7 @@ class EpochPlan:
     shuffle_buffer: int = 256
     start_batch: int = 0
     raw_done: list = field(default_factory=list)
+    stream_tag: str = ""        # set after a resume at another world size: fresh per-rank streams
 
 
 class ShardStream(IterableDataset):
@@ -116,7 +117,7 @@ class ShardStream(IterableDataset):
         role = (p.start_batch + wid) % roles            # rotate so global batch order is preserved
         first = p.start_batch + wid                     # global batch indices this worker yields
         my_batches = len(range(first, p.batches, roles))
-        rng = random.Random(name_seed(p.seed, f"data/e{p.epoch}/r{p.rank}/w{role}"))
+        rng = random.Random(name_seed(p.seed, f"data/e{p.epoch}/r{p.rank}/w{role}{p.stream_tag}"))
         counter, raw, bad = _Counter(), 0, 0
         stream = self._raw_samples(rng, role, roles, counter)
         skip = p.raw_done[role] if p.raw_done else 0

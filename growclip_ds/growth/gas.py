@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from .. import faults
 from ..config import ArchConfig, GrowthConfig
 from ..distributed import barrier, rank_world
 from ..eval.evaluate import task_classifier, task_prompts
@@ -73,6 +74,7 @@ def run_gas(model, prev: ArchConfig, growth: GrowthConfig, sets, tokenize, step_
     model.eval()
     todo = variants(prev, growth)
     mine = todo[rank::world]
+    written = 0
     for kind, key, arch in tqdm(mine, desc=f"GAS variants (rank {rank})", disable=not progress or rank != 0):
         f = _variant_file(folder, kind, key)
         if f.exists():
@@ -80,6 +82,8 @@ def run_gas(model, prev: ArchConfig, growth: GrowthConfig, sets, tokenize, step_
         emb = image_embeddings(model, arch, sets) if kind == "img" else text_classifiers(model, arch, sets, tokenize)
         save_file(emb, str(f.with_name(f.name + ".tmp")))
         os.replace(f.with_name(f.name + ".tmp"), f)
+        written += 1
+        faults.hit("gas", written)
     barrier()
     if rank == 0:
         _score_all(prev, growth, sets, folder, step_dir / "gas.jsonl", prev_params, n_prev, n_now)

@@ -16,30 +16,18 @@ from __future__ import annotations
 
 import os
 
-import torch
-import torch.distributed as dist
-
 from ..config import ArchConfig, GrowthConfig
+from ..distributed import RankDisagreement, check_same, rank_world
 from . import space
 
 FAULT_ENV = "GROWCLIP_FAULT_SUBNET_RANK"  # fault injection: this rank draws a different candidate
 
 
-class SubnetDisagreement(RuntimeError):
-    pass
+SubnetDisagreement = RankDisagreement
 
 
 def check_same_across_ranks(value: int, iteration: int, what: str = "subnet candidate") -> None:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return
-    mine = torch.tensor([value], dtype=torch.long)
-    every = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
-    dist.all_gather(every, mine)
-    vals = [int(v) for v in every]
-    if len(set(vals)) > 1:
-        by_rank = ", ".join(f"rank {r}: {v}" for r, v in enumerate(vals))
-        raise SubnetDisagreement(f"ranks drew different {what}s at iteration {iteration} ({by_rank}); "
-                                 "every rank must run the same seed, step and config")
+    check_same(value, what, f"iteration {iteration}")
 
 
 class SubnetSampler:
@@ -47,7 +35,7 @@ class SubnetSampler:
         self.prev, self.growth, self.seed, self.step, self.phase = prev, growth, seed, step, phase
         self.check_every = check_every
         fault = os.environ.get(FAULT_ENV)
-        self.fault = fault is not None and dist.is_initialized() and int(fault) == dist.get_rank()
+        self.fault = fault is not None and int(fault) == rank_world()[0] and rank_world()[1] > 1
 
     def index(self, iteration: int) -> int:
         idx = space.sample_index(self.seed, self.step, self.phase, iteration)

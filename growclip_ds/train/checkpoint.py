@@ -1,7 +1,8 @@
 """Checkpoints: DeepSpeed's own layout for resuming, consolidated safetensors for growth and eval.
 
-- ``<phase>/checkpoints/global_step<N>/`` + ``latest``: written by ``engine.save_checkpoint`` (which
-  moves ``latest`` only after the save completes) with our metadata in the client state.
+- ``<phase>/checkpoints/global_step<N>/`` + ``latest``: DeepSpeed's files, then our manifest (sizes,
+  CRC32s, metadata), then ``latest``; resume takes the newest checkpoint that verifies and says
+  which it refused and why. At another world size it loads a universal conversion (``universal``).
 - ``<step>/model.safetensors`` + ``arch.json``: all ZeRO partitions merged by DeepSpeed's
   zero_to_fp32 machinery, written under a temporary name and then ``os.replace``d.
 """
@@ -9,13 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import zlib
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .. import faults
 from ..config import ArchConfig
+from ..distributed import any_rank, barrier, rank_world
 from ..model import param_count
+from . import universal as universal_ckpt
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -26,31 +32,126 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+MANIFEST = "growclip_manifest.json"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
 def latest_tag(ckpt_dir: Path) -> str | None:
     f = Path(ckpt_dir) / "latest"
     return f.read_text().strip() if f.exists() else None
 
 
+def _crc(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
 def save(engine, ckpt_dir: Path, global_step: int, meta: dict) -> str:
+    """DeepSpeed's checkpoint, then a manifest (size and CRC32 of every file, our metadata), then
+    ``latest`` (atomically), in that order: a crash or a full disk at any point leaves the previous
+    ``latest`` valid. A failed save removes its partial folder and raises on every rank."""
+    rank, _ = rank_world()
     tag = f"global_step{global_step}"
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"growclip": meta})
+    folder = Path(ckpt_dir) / tag
+    failed = None
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"growclip": meta}, save_latest=False)
+    except (OSError, RuntimeError) as e:  # a full disk surfaces from torch.save as a RuntimeError
+        failed = e
+        barrier()  # the barrier DeepSpeed's save ends with, which this rank skipped
+    faults.hit("save", global_step)
+    if not any_rank(failed is not None) and rank == 0:
+        try:
+            files = {str(f.relative_to(folder)): {"bytes": f.stat().st_size, "crc32": _crc(f)}
+                     for f in sorted(folder.rglob("*")) if f.is_file() and f.name != MANIFEST}
+            atomic_write_text(folder / MANIFEST, json.dumps({"tag": tag, "meta": meta, "files": files}))
+            atomic_write_text(Path(ckpt_dir) / "latest", tag)
+        except OSError as e:
+            failed = e
+    if any_rank(failed is not None):
+        if rank == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+        prev = latest_tag(ckpt_dir)
+        free = shutil.disk_usage(ckpt_dir).free / 2 ** 20
+        raise CheckpointError(f"saving checkpoint {folder} failed ({str(failed or 'on another rank')[:300]}; "
+                              f"{free:.1f} MiB free there); removed it. The previous checkpoint {prev or '(none)'} "
+                              "is intact: free disk space and rerun the same command to resume from it")
     return tag
 
 
-def resume(engine, ckpt_dir: Path) -> dict | None:
-    """Load the ``latest`` checkpoint if there is one; returns our metadata or None."""
-    if latest_tag(ckpt_dir) is None:
+def verify(folder: Path) -> str | None:
+    """None if ``folder`` is a complete checkpoint, else why not (naming the file)."""
+    man = folder / MANIFEST
+    if not man.exists():
+        return f"{man} is missing (the save did not finish)"
+    try:
+        files = json.loads(man.read_text())["files"]
+    except (json.JSONDecodeError, KeyError):
+        return f"{man} is unreadable"
+    for rel, want in files.items():
+        f = folder / rel
+        if not f.exists():
+            return f"{f} is missing"
+        if f.stat().st_size != want["bytes"]:
+            return f"{f} has {f.stat().st_size} bytes, the manifest says {want['bytes']} (truncated?)"
+        if _crc(f) != want["crc32"]:
+            return f"{f} fails its CRC32 check (corrupt)"
+    return None
+
+
+def read_meta(folder: Path) -> dict:
+    return json.loads((folder / MANIFEST).read_text())["meta"]
+
+
+def pick_tag(ckpt_dir: Path, log=print) -> str | None:
+    """The newest valid checkpoint: ``latest`` if it verifies, else the previous ones in turn.
+    Each refused checkpoint is reported with the reason; None if there is no checkpoint at all."""
+    ckpt_dir = Path(ckpt_dir)
+    tags = sorted((d.name for d in ckpt_dir.glob("global_step*") if d.is_dir() and d.name[11:].isdigit()),
+                  key=lambda t: int(t[11:]), reverse=True)
+    latest = latest_tag(ckpt_dir)
+    order = ([latest] if latest in tags else []) + [t for t in tags if t != latest]
+    refused = []
+    for tag in order:
+        why = verify(ckpt_dir / tag)
+        if why is None:
+            log(f"[growclip_ds] resuming from {ckpt_dir / tag}{' instead' if refused else ''}")
+            return tag
+        refused.append(why)
+        log(f"[growclip_ds] refusing checkpoint {ckpt_dir / tag}: {why}")
+    if refused:
+        raise CheckpointError(f"{ckpt_dir}: no valid checkpoint ({'; '.join(refused)}); "
+                              "delete the folder to restart the phase from its initial weights")
+    return None
+
+
+def resume(engine, ckpt_dir: Path, tag: str | None, universal: bool = False) -> dict | None:
+    """Load checkpoint ``tag`` (from ``pick_tag``) into the engine; returns our metadata or None.
+    ``universal``: ``tag`` was saved at another world size; load its universal conversion."""
+    if tag is None:
         return None
-    path, client = engine.load_checkpoint(str(ckpt_dir))
+    load_tag = tag
+    if universal:
+        load_tag = f"{tag}_universal"
+        universal_ckpt.convert(ckpt_dir, tag, load_tag)
+    path, _ = engine.load_checkpoint(str(ckpt_dir), tag=load_tag)
     if path is None:
-        raise RuntimeError(f"{ckpt_dir}: 'latest' names {latest_tag(ckpt_dir)!r} but it could not be loaded")
-    return client["growclip"]
+        raise CheckpointError(f"{Path(ckpt_dir) / load_tag}: DeepSpeed could not load it")
+    if universal:
+        universal_ckpt.check_loaded(engine, Path(ckpt_dir) / load_tag)
+    return read_meta(Path(ckpt_dir) / tag)
 
 
 def consolidated_state_dict(ckpt_dir: Path, tag: str | None = None) -> dict[str, torch.Tensor]:
     """fp32 state dict with all ZeRO partitions merged (any stage, any world size)."""
     ckpt_dir = Path(ckpt_dir)
-    tag = tag or latest_tag(ckpt_dir)
+    tag = tag or pick_tag(ckpt_dir)
     folder = ckpt_dir / tag
     if any(folder.glob("*optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -69,6 +170,7 @@ def write_model(out_dir: Path, state_dict: dict, arch: ArchConfig, extra: dict |
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / (name + ".tmp")
     save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp))
+    faults.hit("consolidate")
     os.replace(tmp, out_dir / name)
     atomic_write_text(out_dir / "arch.json",
                       json.dumps({**arch.to_dict(), "params": param_count(arch), **(extra or {})}, indent=1))

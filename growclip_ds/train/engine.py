@@ -80,11 +80,14 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int):
 
 
 def build_engine(model: torch.nn.Module, train: TrainConfig, world_size: int, total_steps: int,
-                 out_dir: Path | None = None, ds_config_file: str | None = None):
-    """(engine, optimizer, scheduler) for ``model``; the config is saved as ``out_dir/ds_config.json``."""
+                 out_dir: Path | None = None, ds_config_file: str | None = None, universal: bool = False):
+    """(engine, optimizer, scheduler) for ``model``; the config is saved as ``out_dir/ds_config.json``.
+    ``universal``: the engine will load a universal checkpoint (a resume at another world size)."""
     import deepspeed
 
     ds_cfg = build_ds_config(train, world_size, ds_config_file)
+    if universal:
+        ds_cfg.setdefault("checkpoint", {})["load_universal"] = True
     if out_dir is not None and int(os.environ.get("RANK", "0")) == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "ds_config.json").write_text(json.dumps(ds_cfg, indent=2))

@@ -15,14 +15,15 @@ from typing import Callable
 import torch
 
 from ..config import ArchConfig, RunConfig
-from ..distributed import barrier, rank_world
+from .. import faults
+from ..distributed import barrier, check_same, rank_world
 from ..data.loader import EpochPlan, make_loader
 from ..data.manifest import Manifest
 from ..data.tokenizer import TextTokenizer
 from ..loss import clip_loss
 from ..model import GrowCLIP
 from ..model.flops import train_flops
-from . import checkpoint
+from . import checkpoint, preempt
 from .engine import build_engine
 from .metrics import MetricsLogger
 
@@ -83,13 +84,21 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
     if phase.init_state is not None:
         model.load_state_dict(phase.init_state, strict=True)
     model.set_grad_checkpointing(t.grad_checkpointing)
-    engine, _, sched = build_engine(model, t, world, total, phase_dir)
+    tag = checkpoint.pick_tag(ckpt_dir, log=print if rank == 0 else (lambda *_: None))
+    saved_world = checkpoint.read_meta(ckpt_dir / tag)["world_size"] if tag else world
+    resized = saved_world != world and t.zero_stage > 0   # ZeRO partitions: load a universal conversion
+    engine, _, sched = build_engine(model, t, world, total, phase_dir, universal=resized)
 
-    meta = checkpoint.resume(engine, ckpt_dir) or {}
+    meta = checkpoint.resume(engine, ckpt_dir, tag, universal=resized) or {}
     step = meta.get("global_step", 0)
+    check_same(step, "resumed optimizer step", f"the start of {phase_dir}")
+    if resized and rank == 0:
+        print(f"[growclip_ds] resumed {ckpt_dir / tag} (world size {saved_world}) at world size {world}; "
+              "the rest of this epoch reads freshly seeded per-rank streams", flush=True)
     samples_seen = meta.get("samples_seen", 0)
     flops_done = meta.get("train_flops", 0)
-    data_state = meta.get("data_state", {})
+    data_state = {} if resized else meta.get("data_state", {})
+    stream_tag = f"resized{step}" if resized else ""
     log = MetricsLogger(phase_dir, rank, total, step, desc=f"step{phase.growth_step}/{phase.name}",
                         enabled=progress, log_every=t.log_every)
     base_meta = {"arch": phase.arch.to_dict(), "growth_step": phase.growth_step, "phase": phase.name,
@@ -118,7 +127,8 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
         plan = EpochPlan(shards=shards, seed=t.seed, epoch=epoch, rank=rank, world=world,
                          micro_batch=t.micro_batch, batches=per_epoch * accum, num_workers=cfg.data.num_workers,
                          resample=cfg.data.resample, shuffle_buffer=cfg.data.shuffle_buffer,
-                         start_batch=in_epoch * accum, raw_done=raw_done)
+                         start_batch=in_epoch * accum, raw_done=raw_done,
+                         stream_tag=stream_tag if in_epoch else "")
         raw_done = raw_done or [0] * max(1, cfg.data.num_workers)
         bad = {}
         it = iter(make_loader(plan, phase.arch.image_size, tok))
@@ -152,13 +162,17 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
                      wait_time=t_wait, samples=t.global_batch, samples_seen=samples_seen,
                      bad_samples=sum(b[0] for b in bad.values()), bad_shards=sum(b[1] for b in bad.values()),
                      **extra)
-            if (t.checkpoint_every and step % t.checkpoint_every == 0 and step < total) or step == stop_after:
+            faults.hit("train", step)
+            preempted = preempt.requested(run_dir) and step < total
+            if (t.checkpoint_every and step % t.checkpoint_every == 0 and step < total) or step == stop_after \
+                    or preempted:
+                check_same(step + faults.skew("datastep"), "optimizer step", f"the checkpoint of {phase_dir}")
                 save(step, state)
                 last_saved = step
-            if step == stop_after and step < total:
+            if (step == stop_after or preempted) and step < total:
                 log.close()
-                return {"phase": phase.name, "stopped": True, "ckpt_dir": str(ckpt_dir), "total_steps": total,
-                        "samples_seen": samples_seen, "losses": losses}
+                return {"phase": phase.name, "stopped": True, "preempted": preempted, "ckpt_dir": str(ckpt_dir),
+                        "total_steps": total, "samples_seen": samples_seen, "losses": losses}
         data_state = {}
     if last_saved != total:
         save(total, {"epoch": (total - 1) // per_epoch, "raw_done": []})
