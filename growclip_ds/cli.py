@@ -107,6 +107,23 @@ def _plan(args) -> int:
     return 0
 
 
+def _slurm(args) -> int:
+    from . import slurm
+
+    if args.hostfile_check:
+        hosts = slurm.parse_hostfile(Path(args.hostfile_check).read_text(), args.hostfile_check)
+        print(f"{args.hostfile_check}: {len(hosts)} hosts, {sum(hosts.values())} slots")
+        return 0
+    config = args.config
+    recorded = sorted(Path(args.run_dir).glob("step*/config.json"))
+    if config is None:
+        config = str(recorded[-1]) if recorded else "paper"
+    load_config(config)  # a bad config fails here, not on the cluster
+    cmd = slurm.batch_command(args.run_dir, args.step, config, args.nodes, args.gpus_per_node, args.mode,
+                              args.time, args.partition, [])
+    return slurm.submit_or_print(cmd, args.submit)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="growclip-ds", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -144,6 +161,19 @@ def main(argv=None) -> int:
     pl = sub.add_parser("plan", parents=[common], help="what the next growth step of a run would do, and its cost")
     pl.add_argument("run_dir")
     pl.set_defaults(fn=_plan)
+
+    sl = sub.add_parser("slurm", help="print (or submit) the sbatch command for a run folder")
+    sl.add_argument("run_dir")
+    sl.add_argument("--step", type=int, default=None, help="one growth step (default: the whole run)")
+    sl.add_argument("--config", default=None, help="default: the run's recorded config, else 'paper'")
+    sl.add_argument("--nodes", type=int, default=1)
+    sl.add_argument("--gpus-per-node", type=int, default=8)
+    sl.add_argument("--mode", choices=("srun", "hostfile"), default="srun")
+    sl.add_argument("--time", default="24:00:00")
+    sl.add_argument("--partition", default=None)
+    sl.add_argument("--hostfile-check", default=None, metavar="FILE", help="validate a hostfile and exit")
+    sl.add_argument("--submit", action="store_true", help="run sbatch instead of printing the command")
+    sl.set_defaults(fn=_slurm)
 
     args = p.parse_args(argv)
     try:

@@ -4,6 +4,15 @@
 # here keeps that cost out of the first test or training run). Idempotent: a second run is quick.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# System packages of the multi-node path (deepspeed --hostfile runs pdsh over ssh; the two-node
+# test starts its own sshd): installed when missing and we may (root with apt-get).
+if ! { command -v pdsh && command -v /usr/sbin/sshd; } >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server pdsh) >/dev/null
+  else
+    echo "setup: pdsh / openssh-server missing and not root: install them for the multi-node path and its test" >&2
+  fi
+fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 stamp=.venv/.growclip_setup

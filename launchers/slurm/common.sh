@@ -1,0 +1,38 @@
+# Shared by the growclip_ds batch scripts: rendezvous from the allocation, launch, preemption.
+cd "${GROWCLIP_HOME:-${SLURM_SUBMIT_DIR:-.}}"
+PY=${GROWCLIP_PYTHON:-.venv/bin/python}
+MODE=${GROWCLIP_LAUNCH_MODE:-srun}
+eval "$("$PY" -m growclip_ds.slurm env)" || exit 2
+
+growclip_arg() {  # growclip_arg --run-dir "$@": the value of that flag in the arguments
+  local flag=$1; shift
+  while [ $# -gt 0 ]; do [ "$1" = "$flag" ] && { echo "$2"; return; }; shift; done
+}
+
+RUN_DIR=$(growclip_arg --run-dir "$@")
+RUN_DIR=${RUN_DIR:-runs/$(growclip_arg --config "$@")}
+mkdir -p "$RUN_DIR" && rm -f "$RUN_DIR/STOP"
+trap 'echo "[growclip_ds] preemption notice: asking ranks to checkpoint"; touch "$RUN_DIR/STOP"' USR1 TERM
+
+growclip_launch() {
+  if [ "$MODE" = hostfile ]; then
+    "$PY" -m deepspeed.launcher.runner --hostfile "$GROWCLIP_HOSTFILE" --master_addr "$MASTER_ADDR" \
+      --master_port "$MASTER_PORT" "$@" &
+  else
+    srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c '"$0" -m torch.distributed.run --nnodes "$GROWCLIP_NNODES" \
+      --node_rank "$SLURM_NODEID" --nproc_per_node "$GROWCLIP_GPUS_PER_NODE" --master_addr "$MASTER_ADDR" \
+      --master_port "$MASTER_PORT" "$@"' "$PY" "$@" &
+  fi
+  local child=$!
+  while true; do      # `wait` returns early when the trap fires; wait again for the real exit
+    wait "$child"; rc=$?
+    kill -0 "$child" 2>/dev/null || break
+  done
+  if [ "$rc" -eq 3 ] || [ -e "$RUN_DIR/STOP" ]; then
+    echo "[growclip_ds] checkpointed after preemption notice; requeueing job $SLURM_JOB_ID"
+    rm -f "$RUN_DIR/STOP"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+  fi
+  return "$rc"
+}

@@ -1,0 +1,52 @@
+#!/bin/bash
+# Two "nodes" on one machine for the multi-node path: an sshd of our own listening on 127.0.0.1 and
+# 127.0.0.2 (port 2222, key login), and ssh client settings for those two addresses, so that
+# `deepspeed --hostfile` reaches them through pdsh exactly as it reaches cluster nodes.
+# Idempotent; used by tests/test_multinode.py. Needs root (or an sshd the user may start) and the
+# Debian packages openssh-server and pdsh (scripts/setup.sh installs them).
+# Note: it adds a "Host 127.0.0.1 127.0.0.2" block to ~/.ssh/config (port 2222, our key).
+set -euo pipefail
+D=${GROWCLIP_SSHD_DIR:-/tmp/growclip_sshd}
+PORT=${GROWCLIP_SSHD_PORT:-2222}
+for tool in /usr/sbin/sshd pdsh ssh-keygen; do
+  command -v "$tool" >/dev/null || { echo "$tool missing: run scripts/setup.sh (installs openssh-server, pdsh)" >&2; exit 1; }
+done
+mkdir -p "$D" ~/.ssh /run/sshd
+chmod 700 ~/.ssh
+[ -f "$D/host_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$D/host_key"
+[ -f "$D/user_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$D/user_key"
+touch ~/.ssh/authorized_keys && chmod 600 ~/.ssh/authorized_keys
+grep -qF "$(cat "$D/user_key.pub")" ~/.ssh/authorized_keys || cat "$D/user_key.pub" >> ~/.ssh/authorized_keys
+cat > "$D/sshd_config" <<EOF
+Port $PORT
+ListenAddress 127.0.0.1
+ListenAddress 127.0.0.2
+HostKey $D/host_key
+PidFile $D/sshd.pid
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+EOF
+if ! { [ -f "$D/sshd.pid" ] && kill -0 "$(cat "$D/sshd.pid")" 2>/dev/null; }; then
+  /usr/sbin/sshd -f "$D/sshd_config"
+fi
+if ! grep -q "# growclip_ds two nodes" ~/.ssh/config 2>/dev/null; then
+  cat >> ~/.ssh/config <<EOF
+# growclip_ds two nodes (scripts/two_nodes.sh)
+Host 127.0.0.1 127.0.0.2
+  Port $PORT
+  IdentityFile $D/user_key
+  StrictHostKeyChecking no
+  UserKnownHostsFile /dev/null
+  LogLevel ERROR
+EOF
+fi
+for i in 1 2 3 4 5; do
+  ssh -o BatchMode=yes 127.0.0.2 true 2>/dev/null && ssh -o BatchMode=yes 127.0.0.1 true 2>/dev/null && break
+  sleep 1
+done
+ssh -o BatchMode=yes 127.0.0.2 true
+echo "two nodes up: 127.0.0.1 and 127.0.0.2 (sshd port $PORT)"

@@ -1,0 +1,59 @@
+"""The multi-node path for real on one machine: two "nodes" (127.0.0.1 and 127.0.0.2, each with an
+sshd, scripts/two_nodes.sh), reached by `deepspeed --hostfile` through pdsh, started by the SLURM
+batch script itself (hostfile mode) with a SLURM-style nodelist. Step 1, then step 2 with a rank
+on the second node killed during GAS, then the same command again: GAS over both nodes finishes."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, free_port
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    subprocess.run(["bash", str(REPO / "scripts" / "two_nodes.sh")], check=True, capture_output=True, text=True)
+
+
+def sbatch_as_bash(tmp, args, fault=None):
+    """Run launchers/slurm/grow_step.sbatch as its allocation would (no sbatch here: the script is bash)."""
+    env_file = tmp / ".deepspeed_env"   # what pdsh shells get (they do not inherit our environment)
+    lines = [f"DS_ACCELERATOR=cpu", f"PATH={os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+             f"PYTHONPATH={REPO}", "OMP_NUM_THREADS=1"] + ([f"GROWCLIP_FAULT={fault}"] if fault else [])
+    env_file.write_text("\n".join(lines) + "\n")
+    env = {**os.environ, "SLURM_JOB_NODELIST": "127.0.0.[1-2]", "SLURM_JOB_ID": str(free_port()),
+           "GROWCLIP_LAUNCH_MODE": "hostfile", "GROWCLIP_GPUS_PER_NODE": "1", "GROWCLIP_HOME": str(REPO),
+           "GROWCLIP_PYTHON": sys.executable, "GROWCLIP_HOSTFILE_DIR": str(tmp), "DS_ENV_FILE": str(env_file)}
+    return subprocess.run(["bash", str(REPO / "launchers" / "slurm" / "grow_step.sbatch")] + args,
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_growth_across_two_nodes_with_a_rank_killed_during_gas(two_nodes, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    common = ["--config", "tiny", "--set", f"data.root={tiny_data}", "--run-dir", str(run), "--no-progress"]
+    p1 = sbatch_as_bash(tmp_path, ["--step", "1"] + common)
+    assert p1.returncode == 0, p1.stdout[-3000:] + p1.stderr[-3000:]
+    hostfile = next(tmp_path.glob("hostfile.*")).read_text()
+    assert hostfile == "127.0.0.1 slots=1\n127.0.0.2 slots=1\n"
+    out = p1.stdout + p1.stderr
+    assert "127.0.0.1" in out and "127.0.0.2" in out and "pdsh" in out   # DeepSpeed's multi-node runner
+    killed = sbatch_as_bash(tmp_path, ["--step", "2"] + common, fault="gas@1:1")
+    assert killed.returncode != 0 and "fault injection: SIGKILL at gas 1 on rank 1" in killed.stdout + killed.stderr
+    gas_dir = run / "step2" / "gas"
+    kept = {f.name: f.stat().st_mtime_ns for f in gas_dir.glob("*.safetensors")}
+    assert kept and not (run / "step2" / "gas" / "done.json").exists()
+    p2 = sbatch_as_bash(tmp_path, ["--step", "2"] + common)
+    assert p2.returncode == 0, p2.stdout[-3000:] + p2.stderr[-3000:]
+    # variant files finished before the kill were not redone; all 24 exist; every candidate scored
+    assert all(gas_dir.joinpath(n).stat().st_mtime_ns == t for n, t in kept.items())
+    assert len(list(gas_dir.glob("*.safetensors"))) == 24
+    rows = [json.loads(x) for x in (run / "step2" / "gas.jsonl").read_text().splitlines()]
+    assert sorted(r["index"] for r in rows) == list(range(64))
+    ev = json.loads((run / "step2" / "eval.json").read_text())
+    assert set(ev["zero_shot"]) == {"colour", "shape", "position"}
+    from growclip_ds.train.checkpoint import latest_tag, read_meta
+
+    ckpt = run / "step2" / "final" / "checkpoints"
+    assert read_meta(ckpt / latest_tag(ckpt))["world_size"] == 2    # one rank per node, two nodes
