@@ -41,7 +41,7 @@ def batches(args, cfg, rank: int, world: int, device):
     from growclip_ds.data.manifest import Manifest
     from growclip_ds.train.loop import load_tokenizer
 
-    shards = [e.path for e in Manifest.load(cfg.data.root).shards(cfg.growth.steps)]
+    shards = [e.path for e in Manifest.load(cfg.data.root).shards(cfg.data.num_steps)]
     plan = EpochPlan(shards=shards, seed=0, epoch=0, rank=rank, world=world, micro_batch=t.micro_batch,
                      batches=10 ** 9, num_workers=cfg.data.num_workers, resample=True)
     for b in make_loader(plan, arch.image_size, load_tokenizer(cfg, arch)):
