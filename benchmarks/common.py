@@ -31,8 +31,7 @@ def device_name() -> str:
 
 
 def table_peak(device: str, precision: str) -> float | None:
-    peak = PEAK_FLOPS.get(device, {}).get(precision)
-    return peak
+    return PEAK_FLOPS.get(device, {}).get(precision)
 
 
 def machine() -> str:

@@ -20,7 +20,7 @@ def two_nodes():
 def sbatch_as_bash(tmp, args, fault=None):
     """Run launchers/slurm/grow_step.sbatch as its allocation would (no sbatch here: the script is bash)."""
     env_file = tmp / ".deepspeed_env"   # what pdsh shells get (they do not inherit our environment)
-    lines = [f"DS_ACCELERATOR=cpu", f"PATH={os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+    lines = ["DS_ACCELERATOR=cpu", f"PATH={os.path.dirname(sys.executable)}:{os.environ['PATH']}",
              f"PYTHONPATH={REPO}", "OMP_NUM_THREADS=1"] + ([f"GROWCLIP_FAULT={fault}"] if fault else [])
     env_file.write_text("\n".join(lines) + "\n")
     env = {**os.environ, "SLURM_JOB_NODELIST": "127.0.0.[1-2]", "SLURM_JOB_ID": str(free_port()),
