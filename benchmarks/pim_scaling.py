@@ -39,7 +39,6 @@ def reset_high_water() -> None:
 def child(head_dim: int, tmp: Path) -> dict:
     import gc
 
-
     from growclip_ds.config import load_config
     from growclip_ds.growth import space
     from growclip_ds.growth.pim import pim
