@@ -84,7 +84,10 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
     if phase.init_state is not None:
         model.load_state_dict(phase.init_state, strict=True)
     model.set_grad_checkpointing(t.grad_checkpointing)
-    tag = checkpoint.pick_tag(ckpt_dir, log=print if rank == 0 else (lambda *_: None))
+    tag = [checkpoint.pick_tag(ckpt_dir) if rank == 0 else None]   # one rank reads and verifies the files
+    if world > 1:
+        torch.distributed.broadcast_object_list(tag, src=0)
+    tag = tag[0]
     saved_world = checkpoint.read_meta(ckpt_dir / tag)["world_size"] if tag else world
     resized = saved_world != world and t.zero_stage > 0   # ZeRO partitions: load a universal conversion
     engine, _, sched = build_engine(model, t, world, total, phase_dir, universal=resized)
