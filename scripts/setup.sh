@@ -28,7 +28,10 @@ DS_BUILD_OPS=0 .venv/bin/python -m pip install -q --no-build-isolation deepspeed
 .venv/bin/python -m pip install -q --no-build-isolation -e '.[test]'
 # build DeepSpeed's CPU shared-memory comm op now (only where DeepSpeed runs on CPU)
 if ! .venv/bin/python -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-  DS_ACCELERATOR=cpu .venv/bin/python -c "
+  # with the venv's bin first on PATH, as everywhere else (activated venv, launchers, tests): torch builds
+  # with the first `ninja` on PATH, and the venv's and the system's ninja hash commands differently, so
+  # a build by one is redone by the other
+  PATH="$PWD/.venv/bin:$PATH" DS_ACCELERATOR=cpu .venv/bin/python -c "
 from deepspeed.accelerator import get_accelerator
 get_accelerator().create_op_builder('ShareMemCommBuilder').load()" >/dev/null 2>&1 || echo "setup: shm_comm op not built (DeepSpeed will try at first launch)"
 fi

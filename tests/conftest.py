@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +13,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# as in an activated venv: DeepSpeed's JIT ops are built by the `ninja` first on PATH, and the venv's
+# ninja and the system's hash build commands differently, so mixing them rebuilds shm_comm (70-130 s)
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +48,24 @@ def launch(args: list[str], ranks: int = 2, launcher: str = "deepspeed", timeout
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
                "--master_port", str(free_port()), script]
-    p = subprocess.run(cmd + args + ["--no-progress"], env=env, capture_output=True, text=True, timeout=timeout)
+    p = run_bounded(cmd + args + ["--no-progress"], env, timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"launch failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
     return p
+
+
+def run_bounded(cmd: list[str], env: dict, timeout: int, kill_pattern: str | None = None) -> subprocess.CompletedProcess:
+    """subprocess.run in its own process group: on timeout the whole group is killed (plain
+    ``subprocess.run`` kills only the child, then waits forever on pipes its grandchildren hold), and
+    processes matching ``kill_pattern`` (ranks started over ssh, outside the group) with it."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        if kill_pattern:
+            subprocess.run(["pkill", "-9", "-f", kill_pattern], check=False)
+        out, err = proc.communicate()
+        raise AssertionError(f"timed out after {timeout} s: {' '.join(cmd)}\n{out[-3000:]}\n{err[-6000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

@@ -9,12 +9,13 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, run_bounded
 
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    subprocess.run(["bash", str(REPO / "scripts" / "two_nodes.sh")], check=True, capture_output=True, text=True)
+    subprocess.run(["bash", str(REPO / "scripts" / "two_nodes.sh")], check=True, capture_output=True, text=True,
+                   timeout=120)
 
 
 def sbatch_as_bash(tmp, args, fault=None):
@@ -26,8 +27,8 @@ def sbatch_as_bash(tmp, args, fault=None):
     env = {**os.environ, "SLURM_JOB_NODELIST": "127.0.0.[1-2]", "SLURM_JOB_ID": str(free_port()),
            "GROWCLIP_LAUNCH_MODE": "hostfile", "GROWCLIP_GPUS_PER_NODE": "1", "GROWCLIP_HOME": str(REPO),
            "GROWCLIP_PYTHON": sys.executable, "GROWCLIP_HOSTFILE_DIR": str(tmp), "DS_ENV_FILE": str(env_file)}
-    return subprocess.run(["bash", str(REPO / "launchers" / "slurm" / "grow_step.sbatch")] + args,
-                          env=env, capture_output=True, text=True, timeout=600)
+    return run_bounded(["bash", str(REPO / "launchers" / "slurm" / "grow_step.sbatch")] + args, env,
+                       timeout=240, kill_pattern=str(tmp))
 
 
 def test_growth_across_two_nodes_with_a_rank_killed_during_gas(two_nodes, tiny_data, tmp_path):

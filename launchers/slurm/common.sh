@@ -2,6 +2,8 @@
 cd "${GROWCLIP_HOME:-${SLURM_SUBMIT_DIR:-.}}"
 PY=${GROWCLIP_PYTHON:-.venv/bin/python}
 MODE=${GROWCLIP_LAUNCH_MODE:-srun}
+# the venv's bin first, as if activated: its ninja is the one that built DeepSpeed's JIT ops at set-up
+PATH="$(cd "$(dirname "$PY")" && pwd):$PATH"; export PATH
 eval "$("$PY" -m growclip_ds.slurm env)" || exit 2
 
 growclip_arg() {  # growclip_arg --run-dir "$@": the value of that flag in the arguments
