@@ -223,7 +223,10 @@ def worker(args) -> None:
                       "peak_memory_gib": mem[k], "first_loss": first_loss[k], "steps_timed": len(step_s),
                       "rank0_mean_s": {part: v / len(step_s) for part, v in clocks[k].parts.items()}}
         report(args, cfg, world, dev, peak.item(), sheet, res, param_count(arch), flops)
+    from growclip_ds.distributed import release_shm_buffer
+
     dist.barrier()
+    release_shm_buffer()
     dist.destroy_process_group()
 
 

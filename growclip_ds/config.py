@@ -205,12 +205,51 @@ class GrowthConfig:
         return self
 
 
+METHODS = ("growclip", "tfs", "twp", "sap", "nas", "oracle", "cumulative-all", "cumulative-exp",
+           "cumulative-equal", "sequential", "restart", "lwf", "patching")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Constants of the baselines and TiC-CLIP's methods (growclip_ds/methods.py says what each does)."""
+
+    step_samples: int = 0             # C, TiC's per-step budget in samples; 0: train.epochs x N^1
+    sap_shrink: float = 0.5           # SAP: w = shrink * w_old + noise * w_rand
+    sap_noise: float = 0.01
+    buffer_size: int = 0              # Cumulative-Exp/-Equal replay buffer D in samples; 0: N of the new step
+    new_data_weight: float = 0.0      # sampling weight of the new data against the buffer; 0: by sizes
+    lwf_weight: float = 1.0           # LwF: loss = CLIP loss + lwf_weight * KL(old || new)
+    patch_alphas: str = "0.25,0.5,0.75,1.0"   # Patching: candidates for alpha (weight of the new model)
+    patch_select: str = "old"         # Patching: alpha maximises mean R@1 on "old" steps (< t) or "seen" (<= t)
+
+    def alphas(self) -> list[float]:
+        return [float(a) for a in self.patch_alphas.split(",") if a.strip()]
+
+    def validate(self, prefix: str = "method") -> "MethodConfig":
+        _check(self.step_samples >= 0, f"{prefix}.step_samples", "must be >= 0", self.step_samples)
+        _check(self.sap_shrink >= 0 and self.sap_noise >= 0, f"{prefix}.sap_shrink",
+               "sap_shrink and sap_noise must be >= 0", (self.sap_shrink, self.sap_noise))
+        _check(self.buffer_size >= 0, f"{prefix}.buffer_size", "must be >= 0", self.buffer_size)
+        _check(0 <= self.new_data_weight < 1, f"{prefix}.new_data_weight", "must be in [0, 1)",
+               self.new_data_weight)
+        _check(self.lwf_weight >= 0, f"{prefix}.lwf_weight", "must be >= 0", self.lwf_weight)
+        try:
+            ok = bool(self.alphas()) and all(0 <= a <= 1 for a in self.alphas())
+        except ValueError:
+            ok = False
+        _check(ok, f"{prefix}.patch_alphas", "must be a comma list of numbers in [0, 1]", self.patch_alphas)
+        _check(self.patch_select in ("old", "seen"), f"{prefix}.patch_select", "must be 'old' or 'seen'",
+               self.patch_select)
+        return self
+
+
 @dataclass(frozen=True)
 class RunConfig:
     arch: ArchConfig = field(default_factory=ArchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     growth: GrowthConfig = field(default_factory=GrowthConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     name: str = "custom"
 
     def validate(self) -> "RunConfig":
@@ -218,6 +257,7 @@ class RunConfig:
         self.train.validate()
         self.data.validate()
         self.growth.validate()
+        self.method.validate()
         return self
 
     def to_dict(self) -> dict:
@@ -227,11 +267,13 @@ class RunConfig:
     def from_dict(cls, d: dict) -> "RunConfig":
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ConfigError(f"{sorted(unknown)[0]}: unknown config section; known: arch, train, data, growth, name")
+            raise ConfigError(f"{sorted(unknown)[0]}: unknown config section; "
+                              "known: arch, train, data, growth, method, name")
         return cls(arch=ArchConfig.from_dict(d.get("arch", {}), "arch"),
                    train=_from_dict(TrainConfig, d.get("train", {}), "train"),
                    data=_from_dict(DataConfig, d.get("data", {}), "data"),
                    growth=_from_dict(GrowthConfig, d.get("growth", {}), "growth"),
+                   method=_from_dict(MethodConfig, d.get("method", {}), "method"),
                    name=d.get("name", "custom"))
 
 
@@ -332,8 +374,8 @@ def load_config(source: str, overrides: list[str] | None = None) -> RunConfig:
             raise ConfigError(f"override {ov!r}: expected section.field=value, e.g. train.lr=0.001")
         key, value = ov.split("=", 1)
         sec, fname = key.split(".", 1)
-        if sec not in ("arch", "train", "data", "growth"):
-            raise ConfigError(f"{key}: unknown config section {sec!r}; known: arch, train, data, growth")
+        if sec not in ("arch", "train", "data", "growth", "method"):
+            raise ConfigError(f"{key}: unknown config section {sec!r}; known: arch, train, data, growth, method")
         d[sec] = {**d.get(sec, {}), fname: value}
     return RunConfig.from_dict(d).validate()
 

@@ -47,3 +47,20 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -
     logits_i2t = logit_scale * img @ all_txt.T
     logits_t2i = logit_scale * txt @ all_img.T
     return 0.5 * (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels))
+
+
+def lwf_kl(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, old_img: torch.Tensor,
+           old_txt: torch.Tensor, old_scale: torch.Tensor) -> torch.Tensor:
+    """LwF's distillation term (TiC-CLIP): KL(old || new) between the row-softmaxes of the old and the
+    new model's in-batch similarity matrices, image->text and text->image rows averaged, over the
+    global batch. ``old_*`` are the frozen previous model's normalised features and scale (no grad)."""
+    all_img, all_txt = gather_with_grad(img), gather_with_grad(txt)
+    with torch.no_grad():
+        all_old_img, all_old_txt = gather_with_grad(old_img), gather_with_grad(old_txt)
+    terms = []
+    for mine, others, old_mine, old_others in ((img, all_txt, old_img, all_old_txt),
+                                               (txt, all_img, old_txt, all_old_img)):
+        log_new = F.log_softmax(logit_scale * mine @ others.T, dim=1)
+        log_old = F.log_softmax(old_scale * old_mine @ old_others.T, dim=1)
+        terms.append(F.kl_div(log_new, log_old, log_target=True, reduction="batchmean"))
+    return 0.5 * (terms[0] + terms[1])

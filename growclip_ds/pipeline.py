@@ -11,6 +11,10 @@ sizes and ZeRO stages always goes through full fp32 weights. A phase is done whe
 DeepSpeed checkpoint). ``ablate`` switches components off as in the paper's Table 5:
 ``pim1``/``pim3``: plain inheritance (beta=1, gamma=0) instead of PIM; ``st``: no supernet
 fine-tuning; ``gas``: a seeded random candidate instead of GAS (and no supernet sampling).
+``candidate``: grow into this candidate index instead of running GAS (the paper's Table 9).
+
+Other methods (baselines, TiC-CLIP's) use the same phases: ``nas`` runs growclip's with fresh
+initial weights; the rest run one ``train`` phase built by methods.py (Patching adds ``patch``).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from safetensors.torch import load_file
 
 from .config import ArchConfig, RunConfig
 from .data.manifest import Manifest
+from . import methods
 from .distributed import barrier, rank_world
 from .growth import space
 from .growth.gas import run_gas
@@ -36,11 +41,14 @@ from .train.loop import Phase, finish_step, load_tokenizer, run_phase
 ABLATIONS = ("pim1", "st", "gas", "pim3")
 
 
-def phases_for(step: int, ablate: set) -> list[str]:
+def phases_for(step: int, ablate: set, method: str = "growclip", candidate: int | None = None) -> list[str]:
+    recipe = methods.get(method)
     if step == 1:
         return ["train"]
+    if recipe.init not in ("grow", "nas"):
+        return ["train", "patch"] if recipe.patch else ["train"]
     out = [] if "st" in ablate else ["supernet"]
-    out += [] if "gas" in ablate else ["sample", "gas"]
+    out += [] if "gas" in ablate or candidate is not None else ["sample", "gas"]
     return out + ["final"]
 
 
@@ -48,13 +56,21 @@ def step_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / f"step{step}"
 
 
+def step_finished(run_dir: Path, step: int) -> bool:
+    return (step_dir(run_dir, step) / "eval.json").exists()
+
+
 def is_done(run_dir: Path, step: int, phase: str) -> bool:
-    d = step_dir(run_dir, step)
-    return (d / "eval.json").exists() if phase in ("train", "final") else (d / phase / "done.json").exists()
+    return (step_dir(run_dir, step) / phase / "done.json").exists()
 
 
-def pending_phases(run_dir: Path, step: int, ablate: set) -> list[str]:
-    return [p for p in phases_for(step, ablate) if not is_done(run_dir, step, p)]
+def pending_phases(run_dir: Path, step: int, ablate: set, method: str = "growclip",
+                   candidate: int | None = None) -> list[str]:
+    """Phases still to run; the last one (which writes the step's model and eval.json) is pending
+    until eval.json exists."""
+    phases = phases_for(step, ablate, method, candidate)
+    return [p for i, p in enumerate(phases)
+            if not (is_done(run_dir, step, p) and (i < len(phases) - 1 or step_finished(run_dir, step)))]
 
 
 def _mark_done(run_dir: Path, step: int, phase: str, info: dict) -> None:
@@ -75,8 +91,8 @@ def _shared_init(path: Path, make) -> dict:
 class GrowthStep:
     """The inputs of growth step t >= 2, read from the run folder and the manifest."""
 
-    def __init__(self, cfg: RunConfig, step: int, run_dir: Path, ablate: set):
-        self.cfg, self.t, self.run_dir, self.ablate = cfg, step, Path(run_dir), ablate
+    def __init__(self, cfg: RunConfig, step: int, run_dir: Path, ablate: set, fresh: bool = False):
+        self.cfg, self.t, self.run_dir, self.ablate, self.fresh = cfg, step, Path(run_dir), ablate, fresh
         self.dir = step_dir(run_dir, step)
         self.prev_dir = step_dir(run_dir, step - 1)
         self.prev_arch = checkpoint.read_arch(self.prev_dir)
@@ -97,8 +113,10 @@ class GrowthStep:
         g = self.cfg.growth
         return pim(sd, src_arch, dst, beta, gamma, self.pim_seed(which), g.copy_logit_scale, g.pim_scope), dst
 
-    def supernet_init(self) -> dict:
-        """PIM@1: the step t-1 model grown into the supernet."""
+    def supernet_init(self) -> dict | None:
+        """PIM@1: the step t-1 model grown into the supernet (NAS: none, a fresh init)."""
+        if self.fresh:
+            return None
         return _shared_init(self.dir / "pim1" / "model.safetensors",
                             lambda: self._pim(self.prev_dir, self.prev_arch, self.super_arch, "pim1"))
 
@@ -107,6 +125,8 @@ class GrowthStep:
         for phase in ("sample", "supernet"):
             if is_done(self.run_dir, self.t, phase):
                 return self.dir / phase
+        if self.fresh:
+            raise RuntimeError(f"{self.dir}: NAS has no trained supernet yet; run its supernet phase first")
         self.supernet_init()
         return self.dir / "pim1"
 
@@ -124,21 +144,25 @@ class GrowthStep:
 
 
 def run_phase_of_step(cfg: RunConfig, step: int, run_dir: Path, phase: str, ablate: set = frozenset(),
-                      progress: bool = True, stop_after: int | None = None) -> dict:
-    """Run one phase of one step to its end (or to ``stop_after`` optimizer steps)."""
+                      progress: bool = True, stop_after: int | None = None, method: str = "growclip",
+                      candidate: int | None = None) -> dict:
+    """Run one phase of one step of a method to its end (or to ``stop_after`` optimizer steps)."""
     run_dir = Path(run_dir)
     d = step_dir(run_dir, step)
     t0 = time.time()
     if rank_world()[0] == 0:
         d.mkdir(parents=True, exist_ok=True)
         checkpoint.atomic_write_text(d / "config.json", json.dumps(cfg.to_dict(), indent=1))
-    if phase == "train":
+    if step == 1:
         res = run_phase(cfg, Phase("train", 1, cfg.arch, data_steps=1), run_dir, progress, stop_after)
         if not res["stopped"]:
             _mark_done(run_dir, step, phase, _cost(res, t0))
             finish_step(cfg, run_dir, 1, Path(res["ckpt_dir"]), cfg.arch)
         return res
-    gs = GrowthStep(cfg, step, run_dir, ablate)
+    recipe = methods.get(method)
+    if recipe.init not in ("grow", "nas"):
+        return _run_baseline(cfg, recipe, step, run_dir, phase, progress, stop_after, t0)
+    gs = GrowthStep(cfg, step, run_dir, ablate, fresh=recipe.init == "nas")
     g = cfg.growth
     if phase == "supernet":
         res = run_phase(cfg, Phase("supernet", step, gs.super_arch, step, gs.supernet_init(), epochs=g.supernet_epochs),
@@ -150,9 +174,9 @@ def run_phase_of_step(cfg: RunConfig, step: int, run_dir: Path, phase: str, abla
     elif phase == "gas":
         return _run_gas(cfg, gs, progress, t0)
     elif phase == "final":
-        chosen = gs.choice() if (d / "arch.json").exists() else _random_choice(gs)
-        init = _shared_init(d / "pim3" / "model.safetensors",
-                            lambda: gs._pim(gs.latest_supernet_dir(), gs.super_arch, chosen, "pim3"))
+        chosen = gs.choice() if (d / "arch.json").exists() else _fixed_choice(gs, candidate)
+        init = None if gs.fresh else _shared_init(
+            d / "pim3" / "model.safetensors", lambda: gs._pim(gs.latest_supernet_dir(), gs.super_arch, chosen, "pim3"))
         res = run_phase(cfg, Phase("final", step, chosen, step, init, epochs=g.final_epochs), run_dir, progress,
                         stop_after)
         if not res["stopped"]:
@@ -171,20 +195,50 @@ def run_phase_of_step(cfg: RunConfig, step: int, run_dir: Path, phase: str, abla
 
 
 def _cost(res: dict, t0: float) -> dict:
-    """What a training phase cost: wall seconds of this run of it, samples and analytic FLOPs in all."""
+    """What a training phase cost: wall seconds of this run of it; samples, analytic FLOPs, measured
+    device-seconds (step time x ranks, summed over resumes) and samples per data source in all."""
     return {"wall_s": time.time() - t0, "steps": res["total_steps"], "samples_seen": res["samples_seen"],
-            "train_flops": res["train_flops"]}
+            "train_flops": res["train_flops"], "device_s": res["device_s"],
+            "samples_by_source": res.get("samples_by_source", {})}
 
 
-def _random_choice(gs: GrowthStep) -> ArchConfig:
-    """GAS ablated: a candidate drawn uniformly with a seed of (seed, t), written as the choice."""
-    idx = random.Random(name_seed(gs.cfg.train.seed, f"random-choice/t{gs.t}")).randrange(space.NUM_CANDIDATES)
+def _fixed_choice(gs: GrowthStep, candidate: int | None) -> ArchConfig:
+    """No GAS: the given candidate (Table 9), or one drawn uniformly with a seed of (seed, t) (GAS
+    ablated), written as the choice."""
+    if candidate is None:
+        idx, how = random.Random(name_seed(gs.cfg.train.seed, f"random-choice/t{gs.t}")).randrange(
+            space.NUM_CANDIDATES), "random"
+    else:
+        idx, how = candidate, "fixed"
     arch = space.candidate(gs.prev_arch, gs.cfg.growth, idx)
     if rank_world()[0] == 0:
         checkpoint.atomic_write_text(gs.dir / "arch.json", json.dumps(
-            {**arch.to_dict(), "params": param_count(arch), "chosen_by": "random", "index": idx}, indent=1))
+            {**arch.to_dict(), "params": param_count(arch), "chosen_by": how, "index": idx}, indent=1))
     barrier()
     return arch
+
+
+def _run_baseline(cfg: RunConfig, recipe, step: int, run_dir: Path, phase: str, progress: bool,
+                  stop_after: int | None, t0: float) -> dict:
+    """The ``train`` phase of a non-growing method (and Patching's ``patch``)."""
+    d = step_dir(run_dir, step)
+    if phase == "patch":
+        state, how = methods.patch_step(cfg, step, run_dir, progress)
+        arch = checkpoint.read_arch(d / "train")
+        _mark_done(run_dir, step, phase, {"wall_s": time.time() - t0, **how})
+        finish_step(cfg, run_dir, step, None, arch, {"chosen_by": "patching", "alpha": how["alpha"]}, state=state)
+        return {"phase": phase, "stopped": False}
+    if phase != "train":
+        raise ValueError(f"--phase: unknown phase {phase!r}; {recipe.name} has {phases_for(step, set(), recipe.name)}")
+    ph = methods.baseline_phase(cfg, recipe, step, run_dir, _shared_init)
+    res = run_phase(cfg, ph, run_dir, progress, stop_after)
+    if not res["stopped"]:
+        if recipe.patch and rank_world()[0] == 0:   # the trained model is the patch phase's input
+            checkpoint.write_model(d / "train", checkpoint.consolidated_state_dict(Path(res["ckpt_dir"])), ph.arch)
+        _mark_done(run_dir, step, phase, _cost(res, t0))
+        if not recipe.patch:
+            finish_step(cfg, run_dir, step, Path(res["ckpt_dir"]), ph.arch, {"chosen_by": recipe.name})
+    return res
 
 
 def _run_gas(cfg: RunConfig, gs: GrowthStep, progress: bool, t0: float) -> dict:

@@ -3,6 +3,7 @@
     deepspeed --num_accelerators 2 launchers/grow.py --step 1 --config demo --run-dir runs/demo
     torchrun --nproc_per_node 2 launchers/grow.py --step 1 --config demo --run-dir runs/demo
     deepspeed --hostfile hostfile --master_addr HOST launchers/grow.py --step 1 --config demo ...
+    deepspeed --num_accelerators 2 launchers/grow.py --method cumulative-exp --step 2 --run-dir runs/cexp
 
 The config is parsed and validated before any process group starts. Each step writes
 ``<run-dir>/step<t>/{model.safetensors, arch.json, eval.json}``; a re-run resumes where it stopped.
@@ -26,6 +27,12 @@ def parse_args(argv=None):
     p.add_argument("--run-dir", default=None, help="run folder (default runs/<config name>)")
     p.add_argument("--phase", default=None,
                    help="run only this phase (train | supernet, sample, gas, final); default: every pending phase")
+    p.add_argument("--method", default="growclip",
+                   help="growclip (default), a baseline (tfs, twp, sap, nas) or a TiC-CLIP method (oracle, "
+                        "cumulative-all, cumulative-exp, cumulative-equal, sequential, restart, lwf, patching); "
+                        "growclip_ds/methods.py says what each does. One method per run folder")
+    p.add_argument("--candidate", type=int, default=None, metavar="INDEX",
+                   help="growclip: grow into this candidate (0-63, bit k = factor k) instead of running GAS")
     p.add_argument("--ablate", default="", metavar="LIST",
                    help="comma list of components to turn off (pim1, st, gas, pim3), as the paper's Table 5")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -76,21 +83,29 @@ def main(argv=None) -> int:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         cfg.train.grad_accum(world)  # batch sizes must fit the world size: fail before any process group
         ablate = {a for a in args.ablate.split(",") if a}
-        from growclip_ds.pipeline import ABLATIONS, is_done, pending_phases, phases_for
+        from growclip_ds import methods
+        from growclip_ds.growth.space import NUM_CANDIDATES
+        from growclip_ds.pipeline import ABLATIONS, pending_phases, phases_for, step_finished
 
+        recipe = methods.get(args.method)
         if ablate - set(ABLATIONS):
             raise ConfigError(f"--ablate: unknown {sorted(ablate - set(ABLATIONS))}; choose from {', '.join(ABLATIONS)}")
-        if args.phase and args.phase not in phases_for(args.step, ablate):
-            raise ConfigError(f"--phase: step {args.step} has phases {phases_for(args.step, ablate)} "
-                              f"(got {args.phase!r})")
+        if (ablate or args.candidate is not None) and recipe.init != "grow":
+            raise ConfigError(f"--ablate/--candidate: only for --method growclip (got {args.method})")
+        if args.candidate is not None and not 0 <= args.candidate < NUM_CANDIDATES:
+            raise ConfigError(f"--candidate: must be in 0..{NUM_CANDIDATES - 1} (got {args.candidate})")
+        phases = phases_for(args.step, ablate, args.method, args.candidate)
+        if args.phase and args.phase not in phases:
+            raise ConfigError(f"--phase: step {args.step} has phases {phases} (got {args.phase!r})")
         run_dir = Path(args.run_dir or f"runs/{cfg.name}")
-        if args.step > 1 and not is_done(run_dir, args.step - 1, "final" if args.step > 2 else "train"):
+        methods.record(run_dir, args.method, ablate, args.candidate, writer=os.environ.get("RANK", "0") == "0")
+        if args.step > 1 and not step_finished(run_dir, args.step - 1):
             raise ConfigError(f"--step {args.step}: step {args.step - 1} of {run_dir} is not finished "
                               f"({run_dir}/step{args.step - 1}/eval.json missing); run it first")
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    todo = [args.phase] if args.phase else pending_phases(run_dir, args.step, ablate)
+    todo = [args.phase] if args.phase else pending_phases(run_dir, args.step, ablate, args.method, args.candidate)
     if not todo:
         print(f"[growclip_ds] {run_dir}/step{args.step} is complete; nothing to do")
         return 0
@@ -101,12 +116,16 @@ def main(argv=None) -> int:
     from growclip_ds.pipeline import run_phase_of_step
 
     res = run_phase_of_step(cfg, args.step, run_dir, todo[0], ablate, progress=not args.no_progress,
-                            stop_after=args.stop_after_steps)
+                            stop_after=args.stop_after_steps, method=args.method, candidate=args.candidate)
     # Every rank leaves the group together: a rank exiting while gloo peers still talk to it can
     # abort them at teardown.
     import torch.distributed as dist
 
+    from growclip_ds.distributed import release_shm_buffer
+
     dist.barrier()
+    release_shm_buffer()
+    dist.barrier()   # every name is gone before any rank re-executes and creates it again
     dist.destroy_process_group()
     if res.get("preempted"):
         print(f"[growclip_ds] preempted: checkpointed {res['ckpt_dir']}; rerun the same command to resume",

@@ -31,7 +31,7 @@ if ! .venv/bin/python -c "import torch,sys; sys.exit(0 if torch.cuda.is_availabl
   # with the venv's bin first on PATH, as everywhere else (activated venv, launchers, tests): torch builds
   # with the first `ninja` on PATH, and the venv's and the system's ninja hash commands differently, so
   # a build by one is redone by the other
-  PATH="$PWD/.venv/bin:$PATH" DS_ACCELERATOR=cpu .venv/bin/python -c "
+  PATH="$PWD/.venv/bin:$PATH" DS_ACCELERATOR=cpu .venv/bin/python -c "import growclip_ds  # its build folder: .venv/torch_extensions
 from deepspeed.accelerator import get_accelerator
 get_accelerator().create_op_builder('ShareMemCommBuilder').load()" >/dev/null 2>&1 || echo "setup: shm_comm op not built (DeepSpeed will try at first launch)"
 fi

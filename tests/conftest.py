@@ -31,6 +31,18 @@ def tiny_data(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _remove_leftover_shm_buffers():
+    """Ranks that tests kill on purpose cannot unlink DeepSpeed's /dev/shm buffers (see
+    growclip_ds.distributed.release_shm_buffer); remove what this session's runs left."""
+    from growclip_ds.distributed import SHM_PREFIX
+
+    before = set(Path("/dev/shm").glob(f"{SHM_PREFIX}_{os.getuid()}_*"))
+    yield
+    for f in set(Path("/dev/shm").glob(f"{SHM_PREFIX}_{os.getuid()}_*")) - before:
+        f.unlink(missing_ok=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -63,7 +63,8 @@ def make_builtin(root, num_steps: int = 4, samples_per_step: int = 2048, shard_s
 
 def _make_eval(out: Path, num_steps: int, per_class: int, retrieval_size: int, seed: int) -> None:
     """Zero-shot tasks uniform over every class (of all steps), a separate selection split of the
-    same tasks (GAS scores candidates on it, never on the test split), and a retrieval set."""
+    same tasks (GAS scores candidates on it, never on the test split), and a test and a selection
+    retrieval set with the same number of pairs from each growth step (drawn as that step's data)."""
     splits = {"zero_shot": {}, "selection": {}}
     for split, prefix in (("zero_shot", "zeroshot"), ("selection", "select")):
         for task, classes in scenes.TASKS.items():
@@ -79,9 +80,11 @@ def _make_eval(out: Path, num_steps: int, per_class: int, retrieval_size: int, s
             phrases = scenes.CLASS_PHRASES.get(task, {})
             splits[split][task] = {"classes": [phrases.get(c, c) for c in classes],
                                    "templates": scenes.PROMPTS[task], "shard": f"{prefix}_{task}.tar"}
-    rng = random.Random(f"{seed}-eval-retrieval")
     per_step = max(1, retrieval_size // num_steps)
-    samples = [_sample(f"ret{step}{j:05d}", scenes.sample_scene(rng, step, num_steps), rng, step)
-               for step in range(1, num_steps + 1) for j in range(per_step)]
-    write_shard(out / "retrieval.tar", samples)
-    (out / "tasks.json").write_text(json.dumps({**splits, "retrieval": {"shard": "retrieval.tar"}}, indent=1))
+    for name, tag in (("retrieval.tar", "eval-retrieval"), ("select_retrieval.tar", "select-retrieval")):
+        rng = random.Random(f"{seed}-{tag}")
+        samples = [_sample(f"ret{step}{j:05d}", scenes.sample_scene(rng, step, num_steps), rng, step)
+                   for step in range(1, num_steps + 1) for j in range(per_step)]
+        write_shard(out / name, samples)
+    (out / "tasks.json").write_text(json.dumps({**splits, "retrieval": {"shard": "retrieval.tar"},
+                                                "selection_retrieval": {"shard": "select_retrieval.tar"}}, indent=1))

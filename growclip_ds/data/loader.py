@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms import v2 as T
 
 from ..model.init import name_seed
+from .mixture import in_buffer
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -76,19 +77,20 @@ class EpochPlan:
     start_batch: int = 0
     raw_done: list = field(default_factory=list)
     stream_tag: str = ""        # set after a resume at another world size: fresh per-rank streams
+    sources: list = field(default_factory=list)   # replay mixture: [(shards, weight, keep)]; empty: ``shards``
 
 
 class ShardStream(IterableDataset):
     def __init__(self, plan: EpochPlan, transform, tokenize):
         self.plan, self.transform, self.tokenize = plan, transform, tokenize
 
-    def _shard_urls(self, rng: random.Random, role: int, roles: int, idle: dict):
+    def _shard_urls(self, rng: random.Random, role: int, roles: int, idle: dict, shards: list):
         """Endless shard stream; raises if 2 x (number of shards) + 8 shards in a row gave no sample."""
         p = self.plan
-        mine = p.shards if p.resample else p.shards[p.rank * roles + role:: p.world * roles]
+        mine = shards if p.resample else shards[p.rank * roles + role:: p.world * roles]
         if not mine:
             raise ValueError(f"data.resample=false needs at least world_size x num_workers = "
-                             f"{p.world * roles} shards, the data has {len(p.shards)}; set data.resample=true")
+                             f"{p.world * roles} shards, the data has {len(shards)}; set data.resample=true")
         while True:
             order = [rng.choice(mine) for _ in mine] if p.resample else rng.sample(mine, len(mine))
             for s in order:
@@ -98,11 +100,15 @@ class ShardStream(IterableDataset):
                                        f"(first shard: {mine[0]}); check the shards' integrity")
                 yield {"url": str(s)}
 
-    def _raw_samples(self, rng: random.Random, role: int, roles: int, counter: _Counter):
+    def _raw_samples(self, rng: random.Random, role: int, roles: int, counter: _Counter, shards: list,
+                     keep: float = 1.0):
         idle = {"shards": 0}
-        src = wds.tariterators.tarfile_samples(self._shard_urls(rng, role, roles, idle), handler=counter.handler)
+        urls = self._shard_urls(rng, role, roles, idle, shards)
+        src = wds.tariterators.tarfile_samples(urls, handler=counter.handler)
         buf, size = [], max(1, self.plan.shuffle_buffer)
         for s in src:
+            if keep < 1 and not in_buffer(s.get("__key__", ""), keep, self.plan.seed):
+                continue
             idle["shards"] = 0
             buf.append(s)
             if len(buf) >= size:
@@ -119,23 +125,42 @@ class ShardStream(IterableDataset):
         my_batches = len(range(first, p.batches, roles))
         rng = random.Random(name_seed(p.seed, f"data/e{p.epoch}/r{p.rank}/w{role}{p.stream_tag}"))
         counter, raw, bad = _Counter(), 0, 0
-        stream = self._raw_samples(rng, role, roles, counter)
+        stream = self._mixture(rng, role, roles, counter) if p.sources else \
+            self._raw_samples(rng, role, roles, counter, p.shards)
         skip = p.raw_done[role] if p.raw_done else 0
         for _ in range(skip):
             next(stream)
         raw = skip
         for _ in range(my_batches):
-            imgs, texts = [], []
+            imgs, texts, keys, srcs = [], [], [], []
             while len(imgs) < p.micro_batch:
-                sample = decode_sample(next(stream), self.transform)
+                item = next(stream)
+                sample = decode_sample(item, self.transform)
                 raw += 1
                 if sample is None:
                     bad += 1
                     continue
                 imgs.append(sample[0])
                 texts.append(sample[1])
+                keys.append(item.get("__key__", ""))
+                srcs.append(item.get("__source__", 0))
             yield {"images": torch.stack(imgs), "tokens": self.tokenize(texts), "role": role, "raw_done": raw,
-                   "bad_samples": bad, "bad_shards": counter.bad_shards}
+                   "bad_samples": bad, "bad_shards": counter.bad_shards, "keys": keys,
+                   "sources": torch.tensor(srcs)}
+
+    def _mixture(self, rng: random.Random, role: int, roles: int, counter: _Counter):
+        """Raw samples of a replay mixture: each one from source s with probability weight_s."""
+        p = self.plan
+        streams = [self._raw_samples(random.Random(name_seed(p.seed, f"data/e{p.epoch}/r{p.rank}/w{role}"
+                                                                    f"{p.stream_tag}/src{i}")),
+                                     role, roles, counter, shards, keep)
+                   for i, (shards, _, keep) in enumerate(p.sources)]
+        weights = [w for _, w, _ in p.sources]
+        while True:
+            i = rng.choices(range(len(streams)), weights)[0]
+            item = next(streams[i])
+            item["__source__"] = i
+            yield item
 
 
 def make_loader(plan: EpochPlan, image_size: int, tokenize) -> DataLoader:

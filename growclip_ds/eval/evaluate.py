@@ -37,10 +37,11 @@ def read_shard(path: Path, image_size: int) -> tuple[torch.Tensor, list[str], li
 
 
 class EvalSets:
-    """The zero-shot tasks of one split ("zero_shot": test, "selection": for GAS) and the retrieval
-    set named by ``<data>/eval/tasks.json``."""
+    """The zero-shot tasks and the retrieval set of one split ("zero_shot": test; "selection": for
+    choices made during training, GAS and Patching's alpha) named by ``<data>/eval/tasks.json``."""
 
-    def __init__(self, data_root, image_size: int, split: str = "zero_shot", retrieval: bool = True):
+    def __init__(self, data_root, image_size: int, split: str = "zero_shot", retrieval: bool = True,
+                 tasks: bool = True):
         root = Path(data_root) / "eval"
         spec_path = root / "tasks.json"
         if not spec_path.exists():
@@ -49,14 +50,17 @@ class EvalSets:
         if split not in spec:
             raise KeyError(f"{spec_path}: no {split!r} split; remake the data (growclip-ds data make --force)")
         self.tasks = {}
-        for name, t in spec[split].items():
+        for name, t in (spec[split].items() if tasks else ()):
             imgs, _, metas = read_shard(root / t["shard"], image_size)
             labels = torch.tensor([m["label"] for m in metas])
             self.tasks[name] = {"images": imgs, "labels": labels, "classes": t["classes"],
                                 "templates": t["templates"]}
         self.retrieval = None
         if retrieval:
-            imgs, texts, metas = read_shard(root / spec["retrieval"]["shard"], image_size)
+            key = "retrieval" if split == "zero_shot" else f"{split}_retrieval"
+            if key not in spec:
+                raise KeyError(f"{spec_path}: no {key!r} set; remake the data (growclip-ds data make --force)")
+            imgs, texts, metas = read_shard(root / spec[key]["shard"], image_size)
             self.retrieval = {"images": imgs, "texts": texts, "steps": [m.get("step", 0) for m in metas]}
 
 
@@ -110,5 +114,12 @@ def evaluate(model, sets: EvalSets, tokenize, batch: int = 256) -> dict:
     img = _encode_spread(enc_img, r["images"], batch)
     txt = _encode_spread(enc_txt, r["texts"], batch)
     out["retrieval"] = retrieval_metrics(img, txt)
+    out["retrieval_by_step"] = {}   # TiC-CLIP's dynamic retrieval: the held-out pairs of each growth step
+    steps = torch.tensor(r["steps"])
+    for j in sorted(set(r["steps"])):
+        sel = steps == j
+        m = retrieval_metrics(img[sel], txt[sel])
+        m["mean_R@1"] = 0.5 * (m["image_to_text"]["R@1"] + m["text_to_image"]["R@1"])
+        out["retrieval_by_step"][str(j)] = m
     model.train(was_training)
     return out

@@ -1,8 +1,9 @@
 """The one training function every phase, baseline and method runs, configured by a ``Phase``.
 
 A phase says which architecture to build, which weights to start from, which growth steps' data
-to read, and (for supernet training) which sub-architecture each iteration uses. Everything else
-(engine, data order, checkpoints, resume, logging) is shared.
+to read (or a replay mixture of them), how many samples to train on, and, where a method needs it,
+which sub-architecture each iteration uses (supernet training) or which frozen model to distil
+from (LwF). Everything else (engine, data order, checkpoints, resume, logging, cost) is shared.
 """
 from __future__ import annotations
 
@@ -14,15 +15,16 @@ from typing import Callable
 
 import torch
 
-from ..config import ArchConfig, RunConfig
+from ..config import ArchConfig, RunConfig, replace
 from .. import faults
 from ..distributed import barrier, check_same, rank_world
 from ..data.loader import EpochPlan, make_loader
 from ..data.manifest import Manifest
+from ..data.mixture import Source
 from ..data.tokenizer import TextTokenizer
-from ..loss import clip_loss
+from ..loss import clip_loss, lwf_kl
 from ..model import GrowCLIP
-from ..model.flops import train_flops
+from ..model.flops import forward_flops, train_flops
 from . import checkpoint, preempt
 from .engine import build_engine
 from .metrics import MetricsLogger
@@ -37,6 +39,20 @@ class Phase:
     init_state: dict | None = None             # starting weights; None: fresh init from the seed
     sampler: Callable[[int], ArchConfig] | None = None   # iteration -> active sub-architecture
     epochs: float | None = None                # overrides train.epochs for this phase
+    mixture: list[Source] | None = None        # replay mixture instead of plain ``data_steps``
+    num_samples: int | None = None             # sample budget; overrides epochs
+    warmup: bool = True                        # False: no lr warm-up (TiC: none after the first step)
+    teacher: tuple | None = None               # (state dict, arch) of a frozen model to distil from (LwF)
+    distill_weight: float = 0.0
+
+
+def mixture_sources(manifest: Manifest, mixture: list[Source]) -> tuple[list, int]:
+    """Loader sources [(shards, weight, keep)] of a mixture and the samples one pass over it holds."""
+    sources = [([e.path for e in manifest.shards(list(src.steps))], src.weight, src.keep) for src in mixture]
+    for src, (shards, _, _) in zip(mixture, sources):
+        if not shards:
+            raise ValueError(f"{manifest.root}: the manifest has no shards for steps {list(src.steps)}")
+    return sources, round(sum(src.keep * manifest.num_samples(list(src.steps)) for src in mixture))
 
 
 def tokenizer_path(cfg: RunConfig) -> Path:
@@ -51,10 +67,14 @@ def load_tokenizer(cfg: RunConfig, arch: ArchConfig) -> TextTokenizer:
     return tok
 
 
-def plan_steps(cfg: RunConfig, num_samples: int, epochs: float | None) -> tuple[int, int]:
-    """(optimizer steps per epoch, total optimizer steps) of a phase over ``num_samples`` samples."""
+def plan_steps(cfg: RunConfig, num_samples: int, epochs: float | None,
+               budget: int | None = None) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps) of a phase over ``num_samples`` samples,
+    for ``epochs`` passes or a ``budget`` of samples."""
     gb = cfg.train.global_batch
     per_epoch = max(1, num_samples // gb)
+    if budget is not None:
+        return per_epoch, max(1, round(budget / gb))
     if cfg.train.num_samples > 0 and epochs is None:
         return per_epoch, max(1, cfg.train.num_samples // gb)
     return per_epoch, max(1, round((epochs if epochs is not None else cfg.train.epochs) * per_epoch))
@@ -75,10 +95,18 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
     if not shards:
         raise ValueError(f"{cfg.data.root}: the manifest has no shards for steps {phase.data_steps}")
     n_samples = manifest.num_samples(phase.data_steps)
+    sources = []
+    if phase.mixture and (len(phase.mixture) > 1 or phase.mixture[0].keep < 1):
+        sources, n_samples = mixture_sources(manifest, phase.mixture)
     tok = load_tokenizer(cfg, phase.arch)
     t = cfg.train
     accum = t.grad_accum(world)
-    per_epoch, total = plan_steps(cfg, n_samples, phase.epochs)
+    per_epoch, total = plan_steps(cfg, n_samples, phase.epochs, phase.num_samples)
+    teacher = None
+    if phase.teacher is not None:
+        teacher = GrowCLIP(phase.teacher[1])
+        teacher.load_state_dict(phase.teacher[0])
+        teacher.eval().requires_grad_(False)
 
     model = GrowCLIP(phase.arch, seed=t.seed)
     if phase.init_state is not None:
@@ -90,7 +118,10 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
     tag = tag[0]
     saved_world = checkpoint.read_meta(ckpt_dir / tag)["world_size"] if tag else world
     resized = saved_world != world and t.zero_stage > 0   # ZeRO partitions: load a universal conversion
-    engine, _, sched = build_engine(model, t, world, total, phase_dir, universal=resized)
+    engine, _, sched = build_engine(model, t if phase.warmup else replace(t, warmup_steps=0), world, total,
+                                    phase_dir, universal=resized)
+    if teacher is not None:
+        teacher.to(engine.device)
 
     meta = checkpoint.resume(engine, ckpt_dir, tag, universal=resized) or {}
     step = meta.get("global_step", 0)
@@ -100,6 +131,15 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
               "the rest of this epoch reads freshly seeded per-rank streams", flush=True)
     samples_seen = meta.get("samples_seen", 0)
     flops_done = meta.get("train_flops", 0)
+    device_s = meta.get("device_s", 0.0)
+    counted = meta.get("samples_by_source", [0] * max(1, len(sources)))   # all ranks, up to the resume
+    local_counts = torch.zeros(len(counted), dtype=torch.long)                 # this rank, since then
+
+    def by_source() -> list[int]:
+        total_counts = local_counts.clone()
+        if world > 1:
+            torch.distributed.all_reduce(total_counts)
+        return [a + b for a, b in zip(counted, total_counts.tolist())]
     data_state = {} if resized else meta.get("data_state", {})
     stream_tag = f"resized{step}" if resized else ""
     log = MetricsLogger(phase_dir, rank, total, step, desc=f"step{phase.growth_step}/{phase.name}",
@@ -110,7 +150,8 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
     def save(step_now: int, state: dict) -> None:
         checkpoint.save(engine, ckpt_dir, step_now, {**base_meta, "global_step": step_now,
                                                      "samples_seen": samples_seen, "data_state": state,
-                                                     "train_flops": flops_done,
+                                                     "train_flops": flops_done, "device_s": device_s,
+                                                     "samples_by_source": by_source(),
                                                      "torch_rng": torch.get_rng_state().tolist()})
 
     losses: list[float] = []
@@ -131,7 +172,7 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
                          micro_batch=t.micro_batch, batches=per_epoch * accum, num_workers=cfg.data.num_workers,
                          resample=cfg.data.resample, shuffle_buffer=cfg.data.shuffle_buffer,
                          start_batch=in_epoch * accum, raw_done=raw_done,
-                         stream_tag=stream_tag if in_epoch else "")
+                         stream_tag=stream_tag if in_epoch else "", sources=sources)
         raw_done = raw_done or [0] * max(1, cfg.data.num_workers)
         bad = {}
         it = iter(make_loader(plan, phase.arch.image_size, tok))
@@ -153,12 +194,18 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
                 bad[batch["role"]] = (batch["bad_samples"], batch["bad_shards"])
                 img, txt, scale = engine(batch["images"], batch["tokens"])
                 loss = clip_loss(img, txt, scale)
+                if teacher is not None:
+                    with torch.no_grad():
+                        old = teacher(batch["images"].to(engine.device), batch["tokens"].to(engine.device))
+                    loss = loss + phase.distill_weight * lwf_kl(img, txt, scale, *old)
+                local_counts += torch.bincount(batch["sources"], minlength=len(counted))
                 engine.backward(loss)
                 engine.step()
                 loss_sum += loss.item()
             step += 1
             samples_seen += t.global_batch
-            flops_done += t.global_batch * train_flops(active)
+            flops_done += t.global_batch * (train_flops(active) + (forward_flops(phase.teacher[1]) if teacher else 0))
+            device_s += (time.perf_counter() - t0) * world
             losses.append(loss_sum / accum)
             state = {"epoch": epoch, "raw_done": list(raw_done)}
             log.step(step, loss=loss_sum / accum, lr=sched.get_last_lr()[0], step_time=time.perf_counter() - t0,
@@ -183,18 +230,21 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
     barrier()
     return {"phase": phase.name, "stopped": False, "ckpt_dir": str(ckpt_dir), "total_steps": total,
             "samples_seen": samples_seen, "train_flops": flops_done, "num_samples_data": n_samples,
-            "losses": losses}
+            "device_s": device_s, "losses": losses,
+            "samples_by_source": {src.label(): n for src, n in zip(phase.mixture or [], by_source())}}
 
 
-def finish_step(cfg: RunConfig, run_dir: Path, growth_step: int, ckpt_dir: Path, arch: ArchConfig,
-                extra: dict | None = None) -> dict:
-    """Consolidate the phase's last checkpoint into ``<run>/step<t>/`` and evaluate it on all ranks."""
+def finish_step(cfg: RunConfig, run_dir: Path, growth_step: int, ckpt_dir: Path | None, arch: ArchConfig,
+                extra: dict | None = None, state: dict | None = None) -> dict:
+    """Consolidate the phase's last checkpoint (or write ``state``) into ``<run>/step<t>/`` and
+    evaluate it on all ranks."""
     from ..eval.evaluate import EvalSets, evaluate
 
     rank, _ = rank_world()
     out = Path(run_dir) / f"step{growth_step}"
     if rank == 0:
-        checkpoint.write_model(out, checkpoint.consolidated_state_dict(ckpt_dir), arch, extra)
+        checkpoint.write_model(out, state if state is not None else checkpoint.consolidated_state_dict(ckpt_dir),
+                               arch, extra)
     barrier()
     sd, arch = checkpoint.read_model(out)
     model = GrowCLIP(arch)

@@ -1,0 +1,157 @@
+"""Every method is a recipe on the one trainer: where step t starts from, what data it reads and how
+many samples it trains on (GROWCLIP.md sections 6-7). Run one with
+
+    deepspeed --num_accelerators 2 launchers/grow.py --method cumulative-exp --step 3 --config demo
+
+Step 1 is the same for every method (the configured architecture from scratch on D^1, ``train.epochs``
+passes). From step 2 on, with C = ``method.step_samples`` (default ``train.epochs`` x N^1, the cost of
+step 1; TiC-CLIP's per-step budget):
+
+| method | start of step t | data | samples |
+|---|---|---|---|
+| growclip | PIM from step t-1, supernet, GAS, PIM (pipeline.py) | D^t | ``train.epochs``-style phases over D^t |
+| nas | the same phases with every init fresh (one-shot NAS from scratch) | D^t | as growclip |
+| tfs | fresh, fixed architecture | D^t | ``train.epochs`` x N^t |
+| twp | step t-1's weights | D^t | ``train.epochs`` x N^t |
+| sap | shrink and perturb: ``sap_shrink`` x w + ``sap_noise`` x w_rand | D^t | ``train.epochs`` x N^t |
+| oracle | fresh | D^t | t x C |
+| cumulative-all | step t-1's weights | D^t | C |
+| cumulative-exp / -equal | step t-1's weights | step t + a buffer of ``buffer_size`` old samples | C |
+| sequential | step t-1's weights | step t | C |
+| restart | fresh | D^t | C |
+| lwf | step t-1's weights, + ``lwf_weight`` x KL to the frozen step t-1 model | step t | C |
+| patching | the patched model of step t-1 | step t | C, then interpolation |
+
+Warm-started TiC methods train without lr warm-up after step 1 (TiC-CLIP's finding); every method
+keeps the same peak lr. With equal-size steps, tfs and oracle are the same run (t x C on D^t).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ConfigError, RunConfig
+from .data.manifest import Manifest
+from .data.mixture import replay_mixture
+from .distributed import rank_world
+from .growth.pim import pim
+from .model.init import name_seed
+from .train import checkpoint
+from .train.loop import Phase
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    init: str            # grow | nas | scratch | previous | sap
+    data: str = "all"    # all (D^t) | new (step t) | exp | equal (replay buffers)
+    budget: str = "epochs"   # epochs (train.epochs over the data) | C | tC
+    distill: bool = False    # LwF
+    patch: bool = False      # Patching: interpolate with the previous patched model after training
+
+
+RECIPES = {r.name: r for r in (
+    Recipe("growclip", "grow"), Recipe("nas", "nas"),
+    Recipe("tfs", "scratch"), Recipe("twp", "previous"), Recipe("sap", "sap"),
+    Recipe("oracle", "scratch", budget="tC"),
+    Recipe("cumulative-all", "previous", budget="C"),
+    Recipe("cumulative-exp", "previous", "exp", "C"), Recipe("cumulative-equal", "previous", "equal", "C"),
+    Recipe("sequential", "previous", "new", "C"), Recipe("restart", "scratch", budget="C"),
+    Recipe("lwf", "previous", "new", "C", distill=True), Recipe("patching", "previous", "new", "C", patch=True),
+)}
+
+
+def get(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ConfigError(f"--method: unknown method {name!r}; choose from {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def step_budget_c(cfg: RunConfig, manifest: Manifest) -> int:
+    """C in samples: ``method.step_samples`` or the cost of step 1 (``train.epochs`` x N^1)."""
+    return cfg.method.step_samples or round(cfg.train.epochs * manifest.num_samples([1]))
+
+
+def sap_init(cfg: RunConfig, prev_state: dict, arch, step: int) -> dict:
+    """Shrink and perturb (Ash & Adams 2020): every tensor w -> shrink * w + noise * w_rand, w_rand a
+    fresh draw of its initializer (the PIM rule on an unchanged architecture); logit_scale as PIM."""
+    m = cfg.method
+    seed = name_seed(cfg.train.seed, f"sap/t{step}") % (2 ** 31)
+    return pim(prev_state, arch, arch, m.sap_shrink, m.sap_noise, seed, cfg.growth.copy_logit_scale, "all")
+
+
+def baseline_phase(cfg: RunConfig, recipe: Recipe, step: int, run_dir: Path, shared_init) -> Phase:
+    """The single training phase of a non-growing method at step t >= 2."""
+    manifest = Manifest.load(cfg.data.root)
+    prev = Path(run_dir) / f"step{step - 1}"
+    prev_state, arch = checkpoint.read_model(prev)
+    init = {"scratch": None, "previous": prev_state}.get(recipe.init)
+    if recipe.init == "sap":
+        init = shared_init(Path(run_dir) / f"step{step}" / "sap" / "model.safetensors",
+                           lambda: (sap_init(cfg, prev_state, arch, step), arch))
+    if recipe.init == "scratch":
+        arch = cfg.arch
+    c = step_budget_c(cfg, manifest)
+    budget = {"epochs": None, "C": c, "tC": step * c}[recipe.budget]
+    m = cfg.method
+    sizes = {j: manifest.num_samples([j]) for j in range(1, step + 1)}
+    mixture = replay_mixture(recipe.data, step, sizes, m.buffer_size, m.new_data_weight)
+    return Phase("train", step, arch, data_steps=[j for src in mixture for j in src.steps], init_state=init,
+                 mixture=mixture, num_samples=budget, warmup=recipe.init == "scratch",
+                 teacher=(prev_state, arch) if recipe.distill else None,
+                 distill_weight=m.lwf_weight if recipe.distill else 0.0)
+
+
+def interpolate(old: dict, new: dict, alpha: float) -> dict:
+    """Weight interpolation (Ilharco et al. 2022): (1 - alpha) * old + alpha * new, tensor by tensor."""
+    if old.keys() != new.keys():
+        raise ValueError(f"patching needs one architecture: tensors differ ({sorted(old.keys() ^ new.keys())[:3]})")
+    return {k: (1 - alpha) * old[k].float() + alpha * new[k].float() for k in new}
+
+
+def patch_step(cfg: RunConfig, step: int, run_dir: Path, progress: bool = True) -> tuple[dict, dict]:
+    """Patching's step output: the interpolation of the previous patched model and this step's
+    trained one whose alpha scores best on the selection retrieval sets of the old steps (< t,
+    ``method.patch_select="old"``) or of all seen steps (<= t, "seen"). Returns (state, record)."""
+    from .eval.evaluate import EvalSets, evaluate
+    from .model import GrowCLIP
+    from .train.loop import load_tokenizer
+
+    old, arch = checkpoint.read_model(Path(run_dir) / f"step{step - 1}")
+    new, _ = checkpoint.read_model(Path(run_dir) / f"step{step}" / "train")
+    sets = EvalSets(cfg.data.root, arch.image_size, split="selection", tasks=False)
+    tok = load_tokenizer(cfg, arch)
+    last = step - 1 if cfg.method.patch_select == "old" else step
+    scores = {}
+    for alpha in cfg.method.alphas():
+        model = GrowCLIP(arch)
+        model.load_state_dict(interpolate(old, new, alpha))
+        by_step = evaluate(model, sets, tok)["retrieval_by_step"]
+        scores[alpha] = sum(by_step[str(j)]["mean_R@1"] for j in range(1, last + 1)) / last
+        if progress and rank_world()[0] == 0:
+            print(f"[growclip_ds] patching step {step}: alpha={alpha} mean R@1 on steps 1..{last} = "
+                  f"{scores[alpha]:.4f}", flush=True)
+    best = max(scores, key=lambda a: (scores[a], a))
+    return interpolate(old, new, best), {"alpha": best, "scores": {str(a): s for a, s in scores.items()}}
+
+
+def record(run_dir: Path, method: str, ablate: set, candidate: int | None, writer: bool = True) -> None:
+    """``<run>/method.json``: what made this run folder; a folder holds one method."""
+    path = Path(run_dir) / "method.json"
+    want = {"method": method, "ablate": sorted(ablate), "candidate": candidate}
+    if path.exists():
+        have = json.loads(path.read_text())
+        if have != want:
+            raise ConfigError(f"{run_dir} was made by {have}; this command asks for {want}. "
+                              "Use another --run-dir for another method")
+        return
+    if writer:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write_text(path, json.dumps(want, indent=1))
+
+
+def read_record(run_dir: Path) -> dict:
+    path = Path(run_dir) / "method.json"
+    return json.loads(path.read_text()) if path.exists() else {"method": "growclip", "ablate": [], "candidate": None}
+
