@@ -53,10 +53,31 @@ def summarize_run(run_dir) -> str:
                                       f"{r['retrieval']['image_to_text']['R@1']:.3f}",
                                       f"{r['retrieval']['text_to_image']['R@1']:.3f}", f"{r['wall_s']:.0f}",
                                       f"{r['train_flops'] / 1e15:.3f}"]) + " |")
+    out += tic_table(run_dir)
     last = max((r["step"] for r in rows if (run_dir / f"step{r['step']}" / "gas.jsonl").exists()), default=None)
     if last is not None:
         out += ["", *gas_table(run_dir / f"step{last}", last)]
     return "\n".join(out)
+
+
+def tic_table(run_dir: Path) -> list[str]:
+    """TiC-CLIP's evaluation matrix (mean R@1 per growth step's held-out pairs) and its summary."""
+    from .tic import eval_matrix, transfer_summary
+
+    try:
+        m = eval_matrix(run_dir)
+    except KeyError:   # eval.json written before retrieval_by_step existed
+        return []
+    if not m:
+        return []
+    s = transfer_summary(m)
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    out = ["", "## Evaluation matrix (TiC-CLIP): model of step i on the retrieval pairs of step j, mean R@1", "",
+           "| model \\ data | " + " | ".join(f"step {j}" for j in range(1, len(m[0]) + 1)) + " |",
+           "|" + "---|" * (len(m[0]) + 1)]
+    out += [f"| step {i} | " + " | ".join(fmt(v) for v in row) + " |" for i, row in enumerate(m, 1)]
+    return out + ["", f"in-domain {fmt(s['in_domain'])}, backward transfer {fmt(s['backward'])}, "
+                      f"forward transfer {fmt(s['forward'])}"]
 
 
 def gas_table(step_dir: Path, step: int, top: int = 10) -> list[str]:

@@ -144,3 +144,19 @@ def test_patching_step_on_two_ranks(tiny_data, tmp_path):
     ev = json.loads((run / "step2" / "eval.json").read_text())
     assert set(ev["retrieval_by_step"]) == {"1", "2", "3", "4"}
     assert json.loads((run / "method.json").read_text())["method"] == "patching"
+
+
+def test_tic_matrix_and_transfer_by_hand(tmp_path):
+    from growclip_ds.tic import eval_matrix, transfer_summary
+
+    values = [[0.5, 0.1, 0.2], [0.4, 0.6, 0.3]]       # two finished steps, three data steps
+    for i, row in enumerate(values, 1):
+        (tmp_path / f"step{i}").mkdir()
+        (tmp_path / f"step{i}" / "eval.json").write_text(json.dumps(
+            {"retrieval_by_step": {str(j): {"mean_R@1": v} for j, v in enumerate(row, 1)}}))
+    m = eval_matrix(tmp_path)
+    assert m == values
+    s = transfer_summary(m)
+    assert s["in_domain"] == pytest.approx((0.5 + 0.6) / 2)
+    assert s["backward"] == pytest.approx(0.4)
+    assert s["forward"] == pytest.approx((0.1 + 0.2 + 0.3) / 3)
