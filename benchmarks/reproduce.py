@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO  # noqa: E402
+from growclip_ds.cli import launch_env  # noqa: E402
 from growclip_ds.config import load_config  # noqa: E402
 from growclip_ds.methods import RECIPES  # noqa: E402
 
@@ -31,10 +31,8 @@ def run_step(args, run_dir: Path, method: str, step: int) -> None:
             "--run-dir", str(run_dir), "--no-progress"] + sum((["--set", s] for s in args.set), [])
     cmd = [sys.executable] + grow if args.ranks == 1 else \
         [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(args.ranks)] + grow
-    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
-           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     print(f"[reproduce] {method} step {step}", flush=True)
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    p = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(f"{method} step {step} failed ({p.returncode}):\n{p.stderr[-3000:]}")
 

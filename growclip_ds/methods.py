@@ -150,8 +150,3 @@ def record(run_dir: Path, method: str, ablate: set, candidate: int | None, write
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         checkpoint.atomic_write_text(path, json.dumps(want, indent=1))
 
-
-def read_record(run_dir: Path) -> dict:
-    path = Path(run_dir) / "method.json"
-    return json.loads(path.read_text()) if path.exists() else {"method": "growclip", "ablate": [], "candidate": None}
-

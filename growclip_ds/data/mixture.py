@@ -12,7 +12,7 @@ skipped before decoding; their bytes are still read (at scale, write the buffer 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -20,9 +20,6 @@ class Source:
     steps: tuple                  # growth steps whose shards this source reads
     weight: float                 # probability that a training sample is drawn from this source
     keep: float = 1.0             # fraction of those steps' samples in the buffer (1: all of them)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "steps": list(self.steps)}
 
     def label(self) -> str:
         steps = f"step {self.steps[0]}" if len(self.steps) == 1 else f"steps {self.steps[0]}-{self.steps[-1]}"

@@ -102,8 +102,9 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
     t = cfg.train
     accum = t.grad_accum(world)
     per_epoch, total = plan_steps(cfg, n_samples, phase.epochs, phase.num_samples)
-    teacher = None
+    teacher, teacher_flops = None, 0
     if phase.teacher is not None:
+        teacher_flops = forward_flops(phase.teacher[1])
         teacher = GrowCLIP(phase.teacher[1])
         teacher.load_state_dict(phase.teacher[0])
         teacher.eval().requires_grad_(False)
@@ -204,7 +205,7 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
                 loss_sum += loss.item()
             step += 1
             samples_seen += t.global_batch
-            flops_done += t.global_batch * (train_flops(active) + (forward_flops(phase.teacher[1]) if teacher else 0))
+            flops_done += t.global_batch * (train_flops(active) + teacher_flops)
             device_s += (time.perf_counter() - t0) * world
             losses.append(loss_sum / accum)
             state = {"epoch": epoch, "raw_done": list(raw_done)}
