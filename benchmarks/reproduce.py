@@ -1,87 +1,258 @@
-"""Run methods side by side on the built-in growing data and write a comparison table (first cut:
-Table 3's shape and TiC-CLIP's transfer summary; Tables 4, 5, 9 and 1 are not generated yet).
+"""Run every method and the paper's ablations side by side on the built-in growing data, then write
+the comparison report (Tables 3, 4, 5, 9, 1 and TiC-CLIP's transfer summary, with PNG plots).
 
-    python benchmarks/reproduce.py --config tiny --out runs/repro --methods growclip,tfs,sequential
+    python benchmarks/reproduce.py                       # demo model and data, --budget 3: ~25 min on 2 cores
+    python benchmarks/reproduce.py --budget 6 --jobs 1   # twice the training per step, one job at a time
+    python benchmarks/reproduce.py --config tiny --budget 4 --out runs/repro-tiny   # a smoke run, ~5 min
 
-Step 1 is trained once (it is the same for every method) and copied into each method's run folder.
-Each step of each method is one `launchers/grow.py` process (world 1, or `--ranks N` through the
-DeepSpeed launcher). Re-running resumes: finished steps are skipped.
+``--budget E`` is the passes over D^t that every growth step may spend (the paper's 30): step 1 and
+TFS/TWP/SAP train E epochs, GrowCLIP and NAS split them 2:2:26 over supernet fine-tuning, supernet
+sampling and the chosen net (the paper's split), and TiC-CLIP's C is E x N^1. Every run is a run folder
+under ``--out`` made by ``launchers/grow.py --method ...``, one process per step (world 1, or
+``--ranks N`` through the DeepSpeed launcher), ``--jobs`` of them at once with the cores split
+between them. Step 1 is trained once and copied into every method's folder; the ablation and
+single-dimension runs at step 2 copy the finished phases they share with the GrowCLIP run (same
+config and seeds, so the same weights) instead of recomputing them. Re-running resumes: finished
+steps are skipped. Logs: ``<out>/logs/``. The report: ``growclip-ds report <out>``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO  # noqa: E402
+from benchmarks.common import REPO, machine  # noqa: E402
 from growclip_ds.cli import launch_env  # noqa: E402
+from growclip_ds.compare import TABLE5  # noqa: E402
 from growclip_ds.config import load_config  # noqa: E402
+from growclip_ds.growth.space import FACTORS  # noqa: E402
 from growclip_ds.methods import RECIPES  # noqa: E402
+from growclip_ds.pipeline import ABLATIONS  # noqa: E402
+
+# What a step-2 phase of GrowCLIP needs switched on to be the same as in the full method's run: a run
+# with ablations copies the finished phases upstream of its first switched-off component.
+UPSTREAM = (("pim1", "pim1"), ("st", "supernet"), ("gas", "sample"), ("gas", "gas"))
+SKIP_ON_COPY = ("checkpoints", "tb")   # a finished phase's DeepSpeed checkpoints are not needed downstream
 
 
-def run_step(args, run_dir: Path, method: str, step: int) -> None:
-    if (run_dir / f"step{step}" / "eval.json").exists():
-        return
-    grow = [str(REPO / "launchers" / "grow.py"), "--step", str(step), "--method", method, "--config", args.config,
-            "--run-dir", str(run_dir), "--no-progress"] + sum((["--set", s] for s in args.set), [])
-    cmd = [sys.executable] + grow if args.ranks == 1 else \
-        [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(args.ranks)] + grow
-    print(f"[reproduce] {method} step {step}", flush=True)
-    p = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True)
-    if p.returncode:
-        raise SystemExit(f"{method} step {step} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+@dataclass(frozen=True)
+class Run:
+    name: str                      # its folder under --out
+    method: str = "growclip"
+    steps: tuple = ()
+    args: tuple = ()               # extra launchers/grow.py arguments (--ablate, --candidate)
+    sets: tuple = ()               # extra config overrides (Table 1's half-size model)
+    step1_from: str = "_step1"     # the run whose step 1 this one starts from ("" = its own)
+    share: tuple = ()              # finished phases of growclip's step 2 copied in
 
 
-def summary_rows(out: Path, names: list[str]) -> list[str]:
-    from growclip_ds.report import step_rows
-    from growclip_ds.tic import eval_matrix, transfer_summary
+def shared_phases(ablate) -> tuple:
+    out = []
+    for component, phase in UPSTREAM:
+        if component in ablate:
+            break
+        out.append(phase)
+    return tuple(out)
 
-    lines = ["| method | step | params | mean zero-shot top-1 | samples | train PFLOP | device-s |",
-             "|---|---|---|---|---|---|---|"]
-    tic = ["", "| method | in-domain | backward | forward |", "|---|---|---|---|"]
-    for m in names:
-        for r in step_rows(out / m):
-            d = out / m / f"step{r['step']}"
-            cost = [json.loads(f.read_text()) for f in d.glob("*/done.json")]
-            lines.append(f"| {m} | {r['step']} | {r['arch']['params']:,} | {r['mean_top1']:.3f} | "
-                         f"{sum(c.get('samples_seen', 0) for c in cost):,} | {r['train_flops'] / 1e15:.4f} | "
-                         f"{sum(c.get('device_s', 0) for c in cost):.1f} |")
-        s = transfer_summary(eval_matrix(out / m))
-        tic.append(f"| {m} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in s.values()) + " |")
-    return lines + tic
+
+def budget_overrides(epochs: float) -> list[str]:
+    e = epochs
+    return [f"train.epochs={e}", f"growth.supernet_epochs={e * 2 / 30:.6g}",
+            f"growth.sample_epochs={e * 2 / 30:.6g}", f"growth.final_epochs={e * 26 / 30:.6g}"]
+
+
+def half_size(arch) -> list[str]:
+    """Table 1's smaller model: depth and width both halved (blocks, heads, conv layers, stem, embedding)."""
+    half = lambda f: f"arch.{f}={max(1, getattr(arch, f) // 2)}"  # noqa: E731
+    return [half(f) for f in ("img_blocks", "img_heads", "txt_blocks", "txt_heads", "img_conv_layers",
+                              "embed_dim", "stem_channels")]
+
+
+def plan(cfg, methods: list[str], last: int, tables: bool) -> list[Run]:
+    """The run folders of the comparison, longest chains first (they start first)."""
+    grow = tuple(range(2, last + 1))
+    runs = [Run("_step1", steps=(1,), step1_from="")] + [Run(m, m, grow) for m in methods]
+    if not tables or "growclip" not in methods:
+        return runs
+    runs.append(Run("tfs-half", "tfs", tuple(range(1, last + 1)), sets=tuple(half_size(cfg.arch)), step1_from=""))
+    for ablate in TABLE5[1:]:
+        off = ",".join(c for c in ABLATIONS if c in ablate)
+        runs.append(Run("ablate-" + off.replace(",", "-"), steps=(2,), args=("--ablate", off),
+                        share=shared_phases(ablate)))
+    for k, (field, _) in enumerate([("none", None)] + list(FACTORS)):
+        index = 0 if k == 0 else 2 ** (k - 1)
+        runs.append(Run(f"grow-{field}", steps=(2,), args=("--candidate", str(index)), share=shared_phases({"gas"})))
+    return runs
+
+
+def copy_phase(src: Path, dst: Path, phase: str) -> None:
+    """A finished phase of step 2 (its model, arch and done.json; GAS also its scores and choice)."""
+    s, d = src / "step2", dst / "step2"
+    shutil.copytree(s / phase, d / phase, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*SKIP_ON_COPY))
+    if phase == "gas":
+        shutil.copy2(s / "gas.jsonl", d / "gas.jsonl")
+        shutil.copy2(s / "arch.json", d / "arch.json")
+
+
+class Runner:
+    """Runs (run, step) jobs as subprocesses, ``jobs`` at a time, each when what it needs is finished."""
+
+    def __init__(self, args, out: Path, runs: list[Run], base_sets: list[str]):
+        self.args, self.out, self.base_sets = args, out, base_sets
+        self.runs = {r.name: r for r in runs}
+        self.todo = [(r.name, t) for r in runs for t in r.steps if not self.finished(r.name, t)]
+        self.total = len(self.todo)
+        self.failed: list[str] = []
+        self.succeeded = 0
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+
+    def finished(self, name: str, step: int) -> bool:
+        return (self.out / name / f"step{step}" / "eval.json").exists()
+
+    def needs(self, name: str, step: int) -> list[tuple[str, int]]:
+        r = self.runs[name]
+        if step > r.steps[0]:
+            return [(name, step - 1)]
+        need = [(r.step1_from, 1)] if r.step1_from else []
+        return need + ([("growclip", 2)] if r.share else [])
+
+    def ready(self, job) -> bool:
+        return all(self.finished(*n) for n in self.needs(*job))
+
+    def blocked(self, job) -> bool:
+        return any(f"{n}/step{s}" in self.failed or (n, s) in self.todo and self.blocked((n, s))
+                   for n, s in self.needs(*job))
+
+    def prepare(self, name: str, step: int) -> None:
+        r, d = self.runs[name], self.out / name
+        if step == r.steps[0] and r.step1_from:
+            shutil.copytree(self.out / r.step1_from / "step1", d / "step1", dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns(*SKIP_ON_COPY))
+        for phase in r.share if step == 2 else ():
+            if not (d / "step2" / phase / "done.json").exists():
+                copy_phase(self.out / "growclip", d, phase)
+
+    def command(self, name: str, step: int, slot: int) -> list[str]:
+        r, a = self.runs[name], self.args
+        sets = self.base_sets + list(r.sets)
+        grow = [str(REPO / "launchers" / "grow.py"), "--step", str(step), "--method", r.method, "--config", a.config,
+                "--run-dir", str(self.out / name), "--no-progress", *r.args] + sum((["--set", s] for s in sets), [])
+        if a.ranks == 1:
+            return [sys.executable] + grow
+        return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(a.ranks),
+                "--master_port", str(29600 + 10 * slot)] + grow
+
+    def start(self, name: str, step: int, slot: int) -> subprocess.Popen:
+        self.prepare(name, step)
+        env = launch_env()
+        env.update(MASTER_PORT=str(29600 + 10 * slot), OMP_NUM_THREADS=str(self.threads))
+        log = open(self.out / "logs" / f"{name}_step{step}.log", "w")
+        cmd = self.command(name, step, slot)
+        log.write("$ " + shlex.join(cmd) + "\n")
+        log.flush()
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def run(self) -> bool:
+        self.threads = max(1, (os.cpu_count() or 1) // (self.args.jobs * self.args.ranks))
+        running: dict[int, tuple] = {}
+        t0, done = time.time(), 0
+        while self.todo or running:
+            for slot, (job, p, started) in list(running.items()):
+                if p.poll() is None:
+                    continue
+                del running[slot]
+                done += 1
+                ok = p.returncode == 0 and self.finished(*job)
+                self.succeeded += ok
+                if not ok:
+                    self.failed.append(f"{job[0]}/step{job[1]}")
+                log = self.out / "logs" / f"{job[0]}_step{job[1]}.log"
+                print(f"[reproduce] {done}/{self.total} {'done' if ok else 'FAILED'} {job[0]} step {job[1]} "
+                      f"({time.time() - started:.0f} s; elapsed {(time.time() - t0) / 60:.1f} min)"
+                      + ("" if ok else f": rc {p.returncode}, see {log}"), flush=True)
+            self.todo = [j for j in self.todo if not self.blocked(j)]
+            for slot in range(self.args.jobs):
+                if slot in running:
+                    continue
+                job = next((j for j in self.todo if self.ready(j)), None)
+                if job is None:
+                    break
+                self.todo.remove(job)
+                running[slot] = (job, self.start(*job, slot), time.time())
+            time.sleep(0.5)
+        return not self.failed
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="tiny")
-    ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--config", default="demo")
+    ap.add_argument("--budget", type=float, default=3.0, metavar="EPOCHS",
+                    help="passes over D^t per growth step, for every method (default 3; the paper's 30)")
+    ap.add_argument("--set", action="append", default=[], help="more config overrides, section.field=value")
     ap.add_argument("--out", default="runs/repro")
     ap.add_argument("--methods", default=",".join(RECIPES))
     ap.add_argument("--steps", type=int, default=0, help="last growth step (default: every step of the data)")
-    ap.add_argument("--ranks", type=int, default=1)
+    ap.add_argument("--no-tables", action="store_true", help="methods only: no Table 1, 5 and 9 runs")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at once (default 2: one per core)")
+    ap.add_argument("--ranks", type=int, default=1, help="ranks per run (default 1)")
+    ap.add_argument("--publish", default="", metavar="DIR",
+                    help="also copy comparison.md, reproduce.json and the PNGs into DIR (e.g. under docs/results/)")
     args = ap.parse_args()
-    cfg = load_config(args.config, args.set)
+    sets = budget_overrides(args.budget) + ["train.warmup_steps=10", "train.checkpoint_every=1000"] + args.set
+    cfg = load_config(args.config, sets)
     out = Path(args.out)
-    names = [m for m in args.methods.split(",") if m]
-    steps = args.steps or cfg.data.num_steps
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in RECIPES]
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {', '.join(RECIPES)}")
+    last = args.steps or cfg.data.num_steps
     if not (Path(cfg.data.root) / "manifest.parquet").exists():
         subprocess.run([sys.executable, "-m", "growclip_ds.cli", "data", "make", "--config", args.config]
-                       + sum((["--set", s] for s in args.set), []), check=True)
-    run_step(args, out / "_step1", "growclip", 1)
-    for m in names:
-        if not (out / m / "step1" / "eval.json").exists():
-            shutil.copytree(out / "_step1" / "step1", out / m / "step1", dirs_exist_ok=True)
-        for t in range(2, steps + 1):
-            run_step(args, out / m, m, t)
-    text = "\n".join([f"# Methods on {cfg.data.root} ({args.config})", ""] + summary_rows(out, names))
-    (out / "comparison.md").write_text(text + "\n")
-    print(text)
-    return 0
+                       + sum((["--set", s] for s in sets), []), check=True, env=launch_env())
+    tasks = json.loads((Path(cfg.data.root) / "eval" / "tasks.json").read_text())
+    if "patching" in methods and "selection_retrieval" not in tasks:   # fail now, not 20 minutes in
+        raise SystemExit(f"{cfg.data.root}/eval/tasks.json has no 'selection_retrieval' set, which patching "
+                         "chooses its alpha on (data made by an older version): remake it with "
+                         f"`growclip-ds data make --config {args.config} --force` (same shards, one more eval set)")
+    runs = plan(cfg, methods, last, not args.no_tables)
+    runner = Runner(args, out, runs, sets)
+    print(f"[reproduce] {runner.total} steps to run in {len(runs)} run folders under {out}, "
+          f"{args.jobs} at a time", flush=True)
+    t0 = time.time()
+    ok = runner.run()
+    record = {"command": shlex.join(["python", "benchmarks/reproduce.py", *sys.argv[1:]]), "config": args.config,
+              "overrides": sets, "jobs": args.jobs, "ranks": args.ranks, "machine": machine(),
+              "finished": time.strftime("%Y-%m-%d %H:%M %Z"), "steps_run": runner.succeeded,
+              "wall_min": round((time.time() - t0) / 60, 1), "invocations": 1}
+    path = out / "reproduce.json"
+    if path.exists() and runner.total:   # a resumed comparison: the work of every invocation adds up
+        before = json.loads(path.read_text())
+        if before.get("overrides") == sets:
+            record.update(steps_run=before["steps_run"] + runner.succeeded, invocations=before.get("invocations", 1) + 1,
+                          wall_min=round(before["wall_min"] + record["wall_min"], 1), command=before["command"])
+    if runner.total or not path.exists():   # nothing run: keep the record of the runs that did the work
+        path.write_text(json.dumps(record, indent=1))
+    from growclip_ds.compare import write_comparison
+
+    path = write_comparison(out)
+    print(f"[reproduce] report: {path}")
+    if args.publish:
+        Path(args.publish).mkdir(parents=True, exist_ok=True)
+        for f in [path, out / "reproduce.json", *out.glob("comparison_*.png")]:
+            shutil.copy2(f, Path(args.publish) / f.name)
+        print(f"[reproduce] copied to {args.publish}")
+    if not ok:
+        print(f"[reproduce] failed: {', '.join(runner.failed)} (and what depends on them); re-run to resume")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -93,9 +93,13 @@ def _demo(args) -> int:
 
 
 def _report(args) -> int:
+    from .compare import is_comparison, write_comparison
     from .report import write_report
 
-    path = write_report(Path(args.run_dir))
+    folder = Path(args.run_dir)
+    if not folder.is_dir():
+        raise SystemExit(f"report: {folder} is not a folder (give a run folder or a folder of run folders)")
+    path = write_comparison(folder) if is_comparison(folder) else write_report(folder)
     print(path.read_text())
     return 0
 
@@ -155,8 +159,9 @@ def main(argv=None) -> int:
     dm.add_argument("--port", type=int, default=29611)
     dm.set_defaults(fn=_demo)
 
-    rp = sub.add_parser("report", help="report.md + report.png of a run folder")
-    rp.add_argument("run_dir")
+    rp = sub.add_parser("report", help="report.md + report.png of a run folder, or comparison.md + PNGs of a "
+                                       "folder of run folders (one method each, as benchmarks/reproduce.py makes)")
+    rp.add_argument("run_dir", help="a run folder, or a folder of run folders")
     rp.set_defaults(fn=_report)
     pl = sub.add_parser("plan", parents=[common], help="what the next growth step of a run would do, and its cost")
     pl.add_argument("run_dir")

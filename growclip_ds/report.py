@@ -22,7 +22,8 @@ def _arch_str(a: dict) -> str:
 
 
 def step_rows(run_dir) -> list[dict]:
-    """One record per finished step: arch, params, eval, wall seconds and FLOPs of all its phases."""
+    """One record per finished step: arch, params, eval, and the cost of all its phases (wall
+    seconds, samples seen, analytic training FLOPs, measured device-seconds)."""
     rows, flops_total = [], 0.0
     for d in _steps(Path(run_dir)):
         phases = [json.loads(f.read_text()) for f in sorted(d.glob("*/done.json"))]
@@ -34,6 +35,8 @@ def step_rows(run_dir) -> list[dict]:
                      "chance": {t: 1 / v["num_classes"] for t, v in ev["zero_shot"].items()},
                      "mean_top1": sum(zs.values()) / len(zs), "retrieval": ev["retrieval"],
                      "wall_s": sum(p.get("wall_s", 0) for p in phases), "train_flops": flops,
+                     "samples": sum(p.get("samples_seen", 0) for p in phases),
+                     "device_s": sum(p.get("device_s", 0) for p in phases),
                      "cumulative_flops": flops_total})
     return rows
 
