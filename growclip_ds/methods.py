@@ -22,8 +22,10 @@ step 1; TiC-CLIP's per-step budget):
 | lwf | step t-1's weights, + ``lwf_weight`` x KL to the frozen step t-1 model | step t | C |
 | patching | the patched model of step t-1 | step t | C, then interpolation |
 
-Warm-started TiC methods train without lr warm-up after step 1 (TiC-CLIP's finding); every method
-keeps the same peak lr. With equal-size steps, tfs and oracle are the same run (t x C on D^t).
+NAS gets GrowCLIP's per-step budget so that the two compare at equal cost (the paper's NAS trains a
+30-epoch supernet and then the chosen net 30 epochs, twice GrowCLIP's). Warm-started TiC methods
+train without lr warm-up after step 1 (TiC-CLIP's finding); every method keeps the same peak lr.
+With equal-size steps, tfs and oracle are the same run (t x C on D^t).
 """
 from __future__ import annotations
 
