@@ -22,6 +22,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -155,15 +156,23 @@ class Runner:
         self.prepare(name, step)
         env = launch_env()
         env.update(MASTER_PORT=str(29600 + 10 * slot), OMP_NUM_THREADS=str(self.threads))
-        log = open(self.out / "logs" / f"{name}_step{step}.log", "w")
         cmd = self.command(name, step, slot)
-        log.write("$ " + shlex.join(cmd) + "\n")
-        log.flush()
-        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.out / "logs" / f"{name}_step{step}.log", "w") as log:
+            log.write("$ " + shlex.join(cmd) + "\n")
+            log.flush()
+            return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def run(self) -> bool:
         self.threads = max(1, (os.cpu_count() or 1) // (self.args.jobs * self.args.ranks))
         running: dict[int, tuple] = {}
+        try:
+            return self._loop(running)
+        except KeyboardInterrupt:   # the runs live in their own sessions: stop them with us
+            for _, p, _ in running.values():
+                os.killpg(p.pid, signal.SIGTERM)
+            raise
+
+    def _loop(self, running: dict) -> bool:
         t0, done = time.time(), 0
         while self.todo or running:
             for slot, (job, p, started) in list(running.items()):
@@ -188,6 +197,8 @@ class Runner:
                     break
                 self.todo.remove(job)
                 running[slot] = (job, self.start(*job, slot), time.time())
+            if self.todo and not running:
+                raise SystemExit(f"[reproduce] nothing can start: {self.todo[0]} waits on {self.needs(*self.todo[0])}")
             time.sleep(0.5)
         return not self.failed
 
