@@ -117,14 +117,26 @@ def main() -> None:
         ratio = f"{gpu_h / hours:.2f}" if device == "v100" else "(other device)"
         lines.append(f"| {name} | {pp}M | {param_count(arch) / 1e6:.1f}M | {ep} | {samples / 1e6:.0f} | "
                      f"{table[name] / 1e15:,.0f} | {gpu_h:,.0f} | {hours} | {ratio} |")
-    lines += ["", "Architectures fitted to the paper's parameter counts (the paper does not give them): "
-              + "; ".join(f"step {t}: {param_count(a) / 1e6:.1f}M {_short(a)}" for t, a in archs.items())
-              + f"; NAS-S4 choice {param_count(nas) / 1e6:.1f}M {_short(nas)}, its supernet "
+    lines += ["", "Architectures: real candidates of the growth space (shared width = image width), at each step the "
+              "one nearest the paper's parameter count (the paper does not give them): "
+              + "; ".join(f"step {t}: {param_count(a) / 1e6:.1f}M {_short(a)}" + (
+                  _fit(param_count(a), PAPER_PARAMS[t]) if t > 1 else
+                  f" [the paper preset, {param_count(a) / PAPER_PARAMS[1] - 1:+.1%} vs the paper's 30.0M]")
+                  for t, a in archs.items())
+              + f"; NAS-S4 choice {param_count(nas) / 1e6:.1f}M {_short(nas)}{_fit(param_count(nas), PAPER_NAS_S4)}, "
+              f"its supernet "
               f"{param_count(nas_sup) / 1e6:.1f}M.", f"ViT-B/16 forward: {forward_flops(PRESETS['vit-b-16'].arch) / 1e9:.2f} GFLOPs per sample."]
     print("\n".join(lines))
     rec = {"device_projected": device, "precision": precision, "mfu": mfu, "mfu_source": source,
            "cc12m_pairs": args.cc12m, "gas_images": args.gas_images, "rows": rows}
     print("wrote", write_record("cost_table7", rec, lines, device))
+
+
+def _fit(ours: int, paper: float) -> str:
+    """How close the growth space gets to the paper's count; beyond 1% the space cannot express it."""
+    err = ours / paper - 1
+    return f" [{err:+.1%} vs the paper's {paper / 1e6:.1f}M" + ("]" if abs(err) <= 0.01 else
+                                                               ": no candidate of the space within 1%]")
 
 
 def _short(a) -> str:

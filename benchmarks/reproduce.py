@@ -53,7 +53,8 @@ class Run:
     args: tuple = ()               # extra launchers/grow.py arguments (--ablate, --candidate)
     sets: tuple = ()               # extra config overrides (Table 1's half-size model)
     step1_from: str = "_step1"     # the run whose step 1 this one starts from ("" = its own)
-    share: tuple = ()              # finished phases of growclip's step 2 copied in
+    share: tuple = ()              # finished phases of ``share_from``'s step 2 copied in
+    share_from: str = "growclip"
 
 
 def shared_phases(ablate) -> tuple:
@@ -78,20 +79,38 @@ def half_size(arch) -> list[str]:
                               "embed_dim", "stem_channels")]
 
 
-def plan(cfg, methods: list[str], last: int, tables: bool) -> list[Run]:
-    """The run folders of the comparison, longest chains first (they start first)."""
+def growclip_name(mode: str, modes: list[str]) -> str:
+    return "growclip" if len(modes) == 1 else f"growclip-{mode}"
+
+
+def plan(cfg, methods: list[str], last: int, tables: bool, modes: list[str]) -> list[Run]:
+    """The run folders of the comparison, longest chains first (they start first). GrowCLIP runs once
+    per inheritance mode (``growth.inherit``), each with its own Table 5 rows; Table 9 uses the first."""
     grow = tuple(range(2, last + 1))
-    runs = [Run("_step1", steps=(1,), step1_from="")] + [Run(m, m, grow) for m in methods]
+    runs = [Run("_step1", steps=(1,), step1_from="")]
+    for m in methods:
+        if m == "growclip":
+            runs += [Run(growclip_name(mode, modes), m, grow, sets=(f"growth.inherit={mode}",)) for mode in modes]
+        else:
+            runs.append(Run(m, m, grow))
     if not tables or "growclip" not in methods:
         return runs
     runs.append(Run("tfs-half", "tfs", tuple(range(1, last + 1)), sets=tuple(half_size(cfg.arch)), step1_from=""))
-    for ablate in TABLE5[1:]:
-        off = ",".join(c for c in ABLATIONS if c in ablate)
-        runs.append(Run("ablate-" + off.replace(",", "-"), steps=(2,), args=("--ablate", off),
-                        share=shared_phases(ablate)))
+    for mode in modes:
+        src, suffix = growclip_name(mode, modes), "" if len(modes) == 1 else f"-{mode}"
+        for ablate in TABLE5[1:]:
+            # with inherit=preserve, PIM@3 is exact slicing, so switching it off changes nothing, and with
+            # PIM@1 off as well both modes are the same plain inheritance: those runs exist once
+            if mode == "preserve" and (ablate == ("pim3",) or (ablate == TABLE5[-1] and "pim" in modes)):
+                continue
+            off = ",".join(c for c in ABLATIONS if c in ablate)
+            runs.append(Run("ablate-" + off.replace(",", "-") + suffix, steps=(2,), args=("--ablate", off),
+                            sets=(f"growth.inherit={mode}",), share=shared_phases(ablate), share_from=src))
+    first = growclip_name(modes[0], modes)
     for k, (field, _) in enumerate([("none", None)] + list(FACTORS)):
         index = 0 if k == 0 else 2 ** (k - 1)
-        runs.append(Run(f"grow-{field}", steps=(2,), args=("--candidate", str(index)), share=shared_phases({"gas"})))
+        runs.append(Run(f"grow-{field}", steps=(2,), args=("--candidate", str(index)),
+                        sets=(f"growth.inherit={modes[0]}",), share=shared_phases({"gas"}), share_from=first))
     return runs
 
 
@@ -124,7 +143,7 @@ class Runner:
         if step > r.steps[0]:
             return [(name, step - 1)]
         need = [(r.step1_from, 1)] if r.step1_from else []
-        return need + ([("growclip", 2)] if r.share else [])
+        return need + ([(r.share_from, 2)] if r.share else [])
 
     def ready(self, job) -> bool:
         return all(self.finished(*n) for n in self.needs(*job))
@@ -140,7 +159,7 @@ class Runner:
                             ignore=shutil.ignore_patterns(*SKIP_ON_COPY))
         for phase in r.share if step == 2 else ():
             if not (d / "step2" / phase / "done.json").exists():
-                copy_phase(self.out / "growclip", d, phase)
+                copy_phase(self.out / r.share_from, d, phase)
 
     def command(self, name: str, step: int, slot: int) -> list[str]:
         r, a = self.runs[name], self.args
@@ -213,6 +232,9 @@ def main() -> int:
     ap.add_argument("--methods", default=",".join(RECIPES))
     ap.add_argument("--steps", type=int, default=0, help="last growth step (default: every step of the data)")
     ap.add_argument("--no-tables", action="store_true", help="methods only: no Table 1, 5 and 9 runs")
+    ap.add_argument("--inherit", default="pim,preserve",
+                    help="GrowCLIP's inheritance modes to run, each a run folder growclip-<mode> with its own "
+                         "Table 5 rows (default: both; one mode: a folder named growclip)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (default 2: one per core)")
     ap.add_argument("--ranks", type=int, default=1, help="ranks per run (default 1)")
     ap.add_argument("--publish", default="", metavar="DIR",
@@ -234,7 +256,8 @@ def main() -> int:
         raise SystemExit(f"{cfg.data.root}/eval/tasks.json has no 'selection_retrieval' set, which patching "
                          "chooses its alpha on (data made by an older version): remake it with "
                          f"`growclip-ds data make --config {args.config} --force` (same shards, one more eval set)")
-    runs = plan(cfg, methods, last, not args.no_tables)
+    modes = [m for m in args.inherit.split(",") if m]
+    runs = plan(cfg, methods, last, not args.no_tables, modes)
     runner = Runner(args, out, runs, sets)
     print(f"[reproduce] {runner.total} steps to run in {len(runs)} run folders under {out}, "
           f"{args.jobs} at a time", flush=True)

@@ -9,6 +9,7 @@ shape of the paper's tables, with PNG plots:
 - Table 9: growing one dimension at a time at step 2 (runs made with ``--candidate 2^k``, against
   ``--candidate 0``);
 - Table 1: every TFS run (a fixed architecture) against the fraction of the data seen;
+- what each growth kept (PIM@1 / PIM@3, old and grown model's loss and selection top-1);
 - TiC-CLIP's evaluation-matrix summary with each method's total cost.
 A run is a "method run" when it has neither ablations nor a fixed candidate; rows are named by folder.
 """
@@ -37,6 +38,7 @@ class RunRecord:
     candidate: int | None
     rows: list          # report.step_rows
     path: Path
+    inherit: str = "pim"   # growth.inherit of its growth steps
 
     @property
     def is_method_run(self) -> bool:
@@ -60,7 +62,10 @@ def load_runs(root) -> list[RunRecord]:
         m = json.loads((p / "method.json").read_text())
         rows = step_rows(p)
         if rows:
-            runs.append(RunRecord(p.name, m["method"], tuple(sorted(m.get("ablate", []))), m.get("candidate"), rows, p))
+            cfg = p / f"step{rows[-1]['step']}" / "config.json"
+            inherit = json.loads(cfg.read_text()).get("growth", {}).get("inherit", "pim") if cfg.exists() else "pim"
+            runs.append(RunRecord(p.name, m["method"], tuple(sorted(m.get("ablate", []))), m.get("candidate"), rows, p,
+                                  inherit))
     order = list(RECIPES)
     return sorted(runs, key=lambda r: (not r.is_method_run, order.index(r.method) if r.method in order else 99,
                                        r.name != r.method, r.name))
@@ -136,12 +141,22 @@ def table4(runs: list[RunRecord]) -> list[str]:
 
 
 def table5(runs: list[RunRecord], step: int = 2) -> list[str]:
-    grow = {r.ablate: r for r in runs if r.method == "growclip" and r.candidate is None and r.step(step)}
-    if len(grow) < 2:
-        return []
+    """One table per inheritance mode; with PIM@1 off both modes are the same plain inheritance, and
+    with inherit=preserve PIM@3 is exact slicing (switching it off changes nothing)."""
+    out = []
+    for mode in sorted({r.inherit for r in runs if r.method == "growclip"}):
+        grow = {r.ablate: r for r in runs if r.method == "growclip" and r.candidate is None and r.step(step)
+                and (r.inherit == mode or "pim1" in r.ablate)}
+        if len(grow) >= 2:
+            out += (["", ""] if out else []) + _table5(grow, step, mode)
+    return out
+
+
+def _table5(grow: dict, step: int, mode: str) -> list[str]:
     rows = [a for a in TABLE5 if a in grow] + sorted(a for a in grow if a not in TABLE5)
-    out = [f"## Table 5: ablation at step {step} (✓ = on)", "",
-           "Paper (ImageNet top-1): 25.7 > 24.5 > 22.6 > 21.1 > 20.8 down these rows.", "",
+    out = [f"## Table 5: ablation at step {step}, growth.inherit={mode} (✓ = on)", "",
+           "Paper (ImageNet top-1): 25.7 > 24.5 > 22.6 > 21.1 > 20.8 down these rows. With PIM@1 off, "
+           "inheritance is plain (beta=1, gamma=0) in either mode.", "",
            "| " + " | ".join(c for c, _ in COMPONENTS) + " | run | params | mean top-1 | mean R@1 |",
            "|" + "---|" * (len(COMPONENTS) + 4)]
     for a in rows:
@@ -185,6 +200,25 @@ def table1(runs: list[RunRecord]) -> list[str]:
         out.append(f"| {r.name} | {r.rows[-1]['arch']['params']:,} | " +
                    " | ".join(_pct(r.step(t)["mean_top1"]) if r.step(t) else "-" for t in steps) + " |")
     return out
+
+
+def kept_summary(runs: list[RunRecord]) -> list[str]:
+    """What each growth kept, before any training: loss on a fixed batch, selection top-1 (%)."""
+    rows = []
+    for r in runs:
+        for row in r.rows:
+            for which, rec in row.get("kept", {}).items():
+                o, g = rec["kept"]["old"], rec["kept"]["grown"]
+                rows.append(f"| {r.name} | {row['step']} | {which} | {rec['inherit']} | {o['loss']:.3f} -> {g['loss']:.3f} "
+                            f"| {_pct(o['top1'])} -> {_pct(g['top1'])} |")
+    if not rows:
+        return []
+    return ["## What growth kept, before any training", "",
+            "pim1: the step t-1 model -> the supernet; pim3: the chosen candidate as it was inside the trained "
+            "supernet -> the chosen net. Loss on one fixed training batch of D^t; mean zero-shot top-1 on the "
+            "selection split.", "",
+            "| run | step | growth | inheritance | loss old -> grown | selection top-1 old -> grown |",
+            "|---|---|---|---|---|---|", *rows]
 
 
 def tic_summary(runs: list[RunRecord]) -> list[str]:
@@ -270,7 +304,7 @@ def write_comparison(root) -> Path:
     if not runs:
         raise FileNotFoundError(f"{root}: no run folder with a method.json and a finished step")
     md = [f"# Methods compared: {root}", "", *provenance(root)]
-    for part in (table3, table4, table5, table9, table1, tic_summary):
+    for part in (table3, table4, kept_summary, table5, table9, table1, tic_summary):
         lines = part(runs)
         md += lines + ([""] if lines else [])
     md += plot(runs, root)

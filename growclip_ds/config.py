@@ -96,7 +96,9 @@ class TrainConfig:
     micro_batch: int = 96
     lr: float = 0.01
     weight_decay: float = 1e-4
-    warmup_steps: int = 4000
+    warmup_steps: int = 4000          # linear warm-up of a phase trained from scratch
+    warmup_inherited: float = 0.05    # warm-up of a phase that starts from trained weights: this fraction
+                                      # of its steps, at most warmup_steps (train/loop.py: warmup_for)
     epochs: float = 30.0          # passes over D^t; ignored when num_samples > 0
     num_samples: int = 0          # total samples to train on; 0 means use epochs
     optimizer: str = "lamb"       # "lamb" (timm, as the paper) or "adamw"
@@ -119,6 +121,8 @@ class TrainConfig:
         _check(self.lr > 0 and math.isfinite(self.lr), f"{prefix}.lr", "must be a positive number", self.lr)
         _check(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0", self.weight_decay)
         _check(self.warmup_steps >= 0, f"{prefix}.warmup_steps", "must be >= 0", self.warmup_steps)
+        _check(0 <= self.warmup_inherited <= 1, f"{prefix}.warmup_inherited", "must be in [0, 1]",
+               self.warmup_inherited)
         _check(self.epochs > 0 or self.num_samples > 0, f"{prefix}.epochs",
                "must be > 0 unless num_samples > 0", self.epochs)
         _check(self.num_samples >= 0, f"{prefix}.num_samples", "must be >= 0", self.num_samples)
@@ -169,6 +173,9 @@ class DataConfig:
         return self
 
 
+INHERIT_MODES = ("pim", "preserve")
+
+
 @dataclass(frozen=True)
 class GrowthConfig:
     """Growth space deltas and PIM/GAS constants (GROWCLIP.md sections 3-5)."""
@@ -184,6 +191,8 @@ class GrowthConfig:
     alpha: float = 0.5
     copy_logit_scale: bool = True
     pim_scope: str = "all"            # "all" tensors, or "weights" only (norms and biases copied)
+    inherit: str = "pim"              # "pim": the paper's rule (beta, gamma); "preserve": the grown model
+                                      # starts computing the old function (growth/preserve.py)
     supernet_epochs: float = 2.0      # phase 1: supernet fine-tuning
     sample_epochs: float = 2.0        # phase 2a: one sampled candidate per iteration
     final_epochs: float = 26.0        # phase 3: the chosen architecture
@@ -199,6 +208,8 @@ class GrowthConfig:
         _check(self.alpha >= 0, f"{prefix}.alpha", "must be >= 0", self.alpha)
         _check(self.pim_scope in ("all", "weights"), f"{prefix}.pim_scope", "must be 'all' or 'weights'",
                self.pim_scope)
+        _check(self.inherit in INHERIT_MODES, f"{prefix}.inherit", f"must be one of {', '.join(INHERIT_MODES)}",
+               self.inherit)
         for f in ("supernet_epochs", "sample_epochs", "final_epochs"):
             _check(getattr(self, f) > 0, f"{prefix}.{f}", "must be > 0", getattr(self, f))
         _check(self.check_every >= 1, f"{prefix}.check_every", "must be >= 1", self.check_every)

@@ -38,9 +38,14 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return _GatherWithGrad.apply(x)
 
 
-def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, gather: bool = True) -> torch.Tensor:
     """Mean of image->text and text->image cross-entropies; ``img``/``txt`` are this rank's
-    normalised features, ``logit_scale`` is exp(log-scale), already clamped by the model."""
+    normalised features, ``logit_scale`` is exp(log-scale), already clamped by the model.
+    ``gather=False``: the loss of this rank's batch alone (every rank scoring the same batch)."""
+    if not gather:
+        labels = torch.arange(img.shape[0], device=img.device)
+        return 0.5 * (F.cross_entropy(logit_scale * img @ txt.T, labels)
+                      + F.cross_entropy(logit_scale * txt @ img.T, labels))
     rank = rank_world()[0]
     all_img, all_txt = gather_with_grad(img), gather_with_grad(txt)
     labels = torch.arange(img.shape[0], device=img.device) + rank * img.shape[0]

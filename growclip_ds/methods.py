@@ -23,8 +23,10 @@ step 1; TiC-CLIP's per-step budget):
 | patching | the patched model of step t-1 | step t | C, then interpolation |
 
 NAS gets GrowCLIP's per-step budget so that the two compare at equal cost (the paper's NAS trains a
-30-epoch supernet and then the chosen net 30 epochs, twice GrowCLIP's). Warm-started TiC methods
-train without lr warm-up after step 1 (TiC-CLIP's finding); every method keeps the same peak lr.
+30-epoch supernet and then the chosen net 30 epochs, twice GrowCLIP's). Warm-up: from scratch the
+full ``train.warmup_steps``; GrowCLIP's phases and the paper's warm-started baselines (TWP, SAP) the
+short re-warm-up of ``train/loop.py: warmup_for``; TiC-CLIP's warm-started methods none (TiC-CLIP's
+finding). Every method keeps the same peak lr.
 With equal-size steps, tfs and oracle are the same run (t x C on D^t).
 """
 from __future__ import annotations
@@ -51,11 +53,21 @@ class Recipe:
     budget: str = "epochs"   # epochs (train.epochs over the data) | C | tC
     distill: bool = False    # LwF
     patch: bool = False      # Patching: interpolate with the previous patched model after training
+    paper_baseline: bool = False   # GrowCLIP's own baselines train with its recipe (warm-up rules)
+
+    @property
+    def warmup(self) -> str:
+        """From scratch: the full warm-up; the paper's warm-started baselines (TWP, SAP): the short
+        re-warm-up of GrowCLIP's inherited phases; TiC-CLIP's warm-started methods: none."""
+        if self.init in ("scratch", "nas"):
+            return "scratch"
+        return "inherited" if self.paper_baseline or self.init == "grow" else "none"
 
 
 RECIPES = {r.name: r for r in (
     Recipe("growclip", "grow"), Recipe("nas", "nas"),
-    Recipe("tfs", "scratch"), Recipe("twp", "previous"), Recipe("sap", "sap"),
+    Recipe("tfs", "scratch", paper_baseline=True), Recipe("twp", "previous", paper_baseline=True),
+    Recipe("sap", "sap", paper_baseline=True),
     Recipe("oracle", "scratch", budget="tC"),
     Recipe("cumulative-all", "previous", budget="C"),
     Recipe("cumulative-exp", "previous", "exp", "C"), Recipe("cumulative-equal", "previous", "equal", "C"),
@@ -100,7 +112,7 @@ def baseline_phase(cfg: RunConfig, recipe: Recipe, step: int, run_dir: Path, sha
     sizes = {j: manifest.num_samples([j]) for j in range(1, step + 1)}
     mixture = replay_mixture(recipe.data, step, sizes, m.buffer_size, m.new_data_weight)
     return Phase("train", step, arch, data_steps=[j for src in mixture for j in src.steps], init_state=init,
-                 mixture=mixture, num_samples=budget, warmup=recipe.init == "scratch",
+                 mixture=mixture, num_samples=budget, warmup=recipe.warmup,
                  teacher=(prev_state, arch) if recipe.distill else None,
                  distill_weight=m.lwf_weight if recipe.distill else 0.0)
 

@@ -32,7 +32,9 @@ from . import methods
 from .distributed import barrier, rank_world
 from .growth import space
 from .growth.gas import run_gas
+from .growth.kept import describe as describe_kept, measure_kept
 from .growth.pim import pim
+from .growth.preserve import preserve
 from .model import GrowCLIP, param_count
 from .model.init import name_seed
 from .train import checkpoint
@@ -79,6 +81,13 @@ def _mark_done(run_dir: Path, step: int, phase: str, info: dict) -> None:
     barrier()
 
 
+def load_plain(state: dict, arch: ArchConfig) -> GrowCLIP:
+    """A plain model of ``arch`` holding ``state``, without paying for an init first."""
+    model = GrowCLIP(arch, seed=None)
+    model.load_state_dict(state)
+    return model
+
+
 def _shared_init(path: Path, make) -> dict:
     """Rank 0 computes a starting state dict (PIM) and saves it; every rank loads the same file."""
     if rank_world()[0] == 0 and not path.exists():
@@ -100,25 +109,73 @@ class GrowthStep:
         m = Manifest.load(cfg.data.root)
         self.n_prev, self.n_now = m.num_samples(step - 1), m.num_samples(step)
 
+    @property
+    def warmup(self) -> str:
+        """Phases that start from inherited weights re-warm up briefly; NAS's fresh ones fully."""
+        return "scratch" if self.fresh else "inherited"
+
     def pim_seed(self, tag: str) -> int:
         return name_seed(self.cfg.train.seed, f"pim/t{self.t}/{tag}") % (2 ** 31)
 
-    def coeffs(self, which: str) -> tuple[float, float]:
+    def inheritance(self, which: str) -> dict:
+        """How PIM@1 / PIM@3 inherits: the configured mode, or plain inheritance when ablated."""
         g = self.cfg.growth
-        return (1.0, 0.0) if which in self.ablate else (g.beta, g.gamma)
+        if which in self.ablate:
+            return {"inherit": "plain", "beta": 1.0, "gamma": 0.0}
+        if g.inherit == "preserve":
+            return {"inherit": "preserve"}
+        return {"inherit": "pim", "beta": g.beta, "gamma": g.gamma, "scope": g.pim_scope}
 
-    def _pim(self, src_dir: Path, src_arch: ArchConfig, dst: ArchConfig, which: str):
+    def _grow(self, src_dir: Path, src_arch: ArchConfig, dst: ArchConfig, which: str):
         sd, _ = checkpoint.read_model(src_dir)
-        beta, gamma = self.coeffs(which)
+        how, seed = self.inheritance(which), self.pim_seed(which)
+        if how["inherit"] == "preserve":
+            return preserve(sd, src_arch, dst, seed), dst
         g = self.cfg.growth
-        return pim(sd, src_arch, dst, beta, gamma, self.pim_seed(which), g.copy_logit_scale, g.pim_scope), dst
+        return pim(sd, src_arch, dst, how["beta"], how["gamma"], seed, g.copy_logit_scale, g.pim_scope), dst
+
+    def grown_init(self, which: str, src_dir: Path, src_arch: ArchConfig, dst: ArchConfig) -> dict:
+        """PIM@1 / PIM@3's output, computed once by rank 0 and loaded by every rank; the first time,
+        what it keeps of the source is measured and written to ``step<t>/<which>/done.json``."""
+        folder = self.dir / which
+        state = _shared_init(folder / "model.safetensors", lambda: self._grow(src_dir, src_arch, dst, which))
+        flag = [(folder / "done.json").exists() if rank_world()[0] == 0 else None]
+        if rank_world()[1] > 1:
+            torch.distributed.broadcast_object_list(flag, src=0)
+        if not flag[0]:
+            t0 = time.time()
+            old = load_plain(checkpoint.read_model(src_dir)[0], src_arch)
+            old.set_arch(dst if which == "pim3" else src_arch)   # pim3: the choice as it was inside the supernet
+            kept = measure_kept(old, load_plain(state, dst), self.fixed_batch(), self.selection_sets(),
+                                self.tokenizer())
+            if rank_world()[0] == 0:
+                print(f"[growclip_ds] step {self.t} {which} ({self.inheritance(which)['inherit']}): "
+                      f"{describe_kept(kept)}", flush=True)
+            _mark_done(self.run_dir, self.t, which, {**self.inheritance(which), "kept": kept,
+                                                       "wall_s": time.time() - t0})
+        return state
+
+    def tokenizer(self):
+        return load_tokenizer(self.cfg, self.super_arch)
+
+    def selection_sets(self):
+        from .eval.evaluate import EvalSets
+
+        return EvalSets(self.cfg.data.root, self.super_arch.image_size, split="selection", retrieval=False)
+
+    def fixed_batch(self) -> dict:
+        """The first min(global batch, 256) samples of D^t in shard order: what growth is scored on."""
+        from .data.loader import first_samples
+
+        shards = [e.path for e in Manifest.load(self.cfg.data.root).shards(self.t)]
+        return first_samples(shards, min(self.cfg.train.global_batch, 256), self.super_arch.image_size,
+                             self.tokenizer())
 
     def supernet_init(self) -> dict | None:
         """PIM@1: the step t-1 model grown into the supernet (NAS: none, a fresh init)."""
         if self.fresh:
             return None
-        return _shared_init(self.dir / "pim1" / "model.safetensors",
-                            lambda: self._pim(self.prev_dir, self.prev_arch, self.super_arch, "pim1"))
+        return self.grown_init("pim1", self.prev_dir, self.prev_arch, self.super_arch)
 
     def latest_supernet_dir(self) -> Path:
         """The most trained supernet so far: after sampling, after fine-tuning, or PIM@1's output."""
@@ -165,20 +222,19 @@ def run_phase_of_step(cfg: RunConfig, step: int, run_dir: Path, phase: str, abla
     gs = GrowthStep(cfg, step, run_dir, ablate, fresh=recipe.init == "nas")
     g = cfg.growth
     if phase == "supernet":
-        res = run_phase(cfg, Phase("supernet", step, gs.super_arch, step, gs.supernet_init(), epochs=g.supernet_epochs),
-                        run_dir, progress, stop_after)
+        res = run_phase(cfg, Phase("supernet", step, gs.super_arch, step, gs.supernet_init(), epochs=g.supernet_epochs,
+                                   warmup=gs.warmup), run_dir, progress, stop_after)
     elif phase == "sample":
         sampler = gs.sampler(g.check_every)
         res = run_phase(cfg, Phase("sample", step, gs.super_arch, step, gs.latest_supernet(), sampler=sampler,
-                                   epochs=g.sample_epochs), run_dir, progress, stop_after)
+                                   epochs=g.sample_epochs, warmup="inherited"), run_dir, progress, stop_after)
     elif phase == "gas":
         return _run_gas(cfg, gs, progress, t0)
     elif phase == "final":
         chosen = gs.choice() if (d / "arch.json").exists() else _fixed_choice(gs, candidate)
-        init = None if gs.fresh else _shared_init(
-            d / "pim3" / "model.safetensors", lambda: gs._pim(gs.latest_supernet_dir(), gs.super_arch, chosen, "pim3"))
-        res = run_phase(cfg, Phase("final", step, chosen, step, init, epochs=g.final_epochs), run_dir, progress,
-                        stop_after)
+        init = None if gs.fresh else gs.grown_init("pim3", gs.latest_supernet_dir(), gs.super_arch, chosen)
+        res = run_phase(cfg, Phase("final", step, chosen, step, init, epochs=g.final_epochs, warmup=gs.warmup),
+                        run_dir, progress, stop_after)
         if not res["stopped"]:
             how = json.loads((d / "arch.json").read_text())
             _mark_done(run_dir, step, phase, _cost(res, t0))

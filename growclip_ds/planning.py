@@ -14,7 +14,9 @@ from .growth import space
 from .growth.gas import variants
 from .model import param_count
 from .model.flops import forward_flops, image_flops, text_flops, train_flops
+from .growth.kept import describe as describe_kept
 from .pipeline import pending_phases, step_dir
+from .report import kept_records
 from .train.checkpoint import read_arch
 from .train.loop import plan_steps
 
@@ -51,6 +53,12 @@ def plan_next_step(cfg: RunConfig, run_dir: Path) -> str:
         return "\n".join(lines)
     prev = read_arch(step_dir(run_dir, t - 1))
     g = cfg.growth
+    for s in range(2, t):
+        for which, rec in kept_records(step_dir(run_dir, s)).items():
+            lines.append(f"kept at step {s} {which} ({rec['inherit']}): {describe_kept(rec['kept'])}")
+    how = "function-preserving (growth.inherit=preserve)" if g.inherit == "preserve" else \
+        f"the paper's PIM, beta={g.beta}, gamma={g.gamma} (growth.inherit=pim)"
+    lines.append(f"inheritance at step {t}: {how}")
     cands = space.candidates(prev, g)
     sup = space.supernet(prev, g)
     params = [param_count(c) for c in cands]

@@ -9,6 +9,9 @@ import json
 from pathlib import Path
 
 from .growth.gas import read_scores
+from .growth.kept import describe as describe_kept
+
+GROWTHS = (("pim1", "PIM@1: step t-1 model -> supernet"), ("pim3", "PIM@3: candidate inside the supernet -> chosen net"))
 
 
 def _steps(run_dir: Path) -> list[Path]:
@@ -21,9 +24,39 @@ def _arch_str(a: dict) -> str:
             f"txt {a['txt_blocks']}x{a['txt_heads']}h shared {a['shared_blocks']}")
 
 
+def kept_records(step_dir: Path) -> dict:
+    """{"pim1": done.json, "pim3": done.json} of a growth step, for those that were measured."""
+    out = {}
+    for which, _ in GROWTHS:
+        f = step_dir / which / "done.json"
+        if f.exists():
+            rec = json.loads(f.read_text())
+            if "kept" in rec:
+                out[which] = rec
+    return out
+
+
+def kept_table(run_dir: Path) -> list[str]:
+    """What each growth kept, before any training (GROWCLIP.md section 4b)."""
+    rows = []
+    for d in _steps(run_dir):
+        for which, what in GROWTHS:
+            rec = kept_records(d).get(which)
+            if rec:
+                o, g = rec["kept"]["old"], rec["kept"]["grown"]
+                rows.append(f"| {d.name[4:]} | {what} | {rec['inherit']} | {o['loss']:.3f} -> {g['loss']:.3f} | "
+                            f"{100 * o['top1']:.1f} -> {100 * g['top1']:.1f} |")
+    if not rows:
+        return []
+    return ["", "## What growth kept (before any training)", "",
+            "Contrastive loss on one fixed training batch of D^t, mean zero-shot top-1 (%) on the selection split.",
+            "", "| step | growth | inheritance | loss old -> grown | selection top-1 old -> grown |",
+            "|---|---|---|---|---|", *rows]
+
+
 def step_rows(run_dir) -> list[dict]:
-    """One record per finished step: arch, params, eval, and the cost of all its phases (wall
-    seconds, samples seen, analytic training FLOPs, measured device-seconds)."""
+    """One record per finished step: arch, params, eval, what its growths kept, and the cost of all
+    its phases (wall seconds, samples seen, analytic training FLOPs, measured device-seconds)."""
     rows, flops_total = [], 0.0
     for d in _steps(Path(run_dir)):
         phases = [json.loads(f.read_text()) for f in sorted(d.glob("*/done.json"))]
@@ -37,7 +70,7 @@ def step_rows(run_dir) -> list[dict]:
                      "wall_s": sum(p.get("wall_s", 0) for p in phases), "train_flops": flops,
                      "samples": sum(p.get("samples_seen", 0) for p in phases),
                      "device_s": sum(p.get("device_s", 0) for p in phases),
-                     "cumulative_flops": flops_total})
+                     "cumulative_flops": flops_total, "kept": kept_records(d)})
     return rows
 
 
@@ -56,6 +89,7 @@ def summarize_run(run_dir) -> str:
                                       f"{r['retrieval']['image_to_text']['R@1']:.3f}",
                                       f"{r['retrieval']['text_to_image']['R@1']:.3f}", f"{r['wall_s']:.0f}",
                                       f"{r['train_flops'] / 1e15:.3f}"]) + " |")
+    out += kept_table(run_dir)
     out += tic_table(run_dir)
     last = max((r["step"] for r in rows if (run_dir / f"step{r['step']}" / "gas.jsonl").exists()), default=None)
     if last is not None:

@@ -9,7 +9,8 @@ from growclip_ds.growth import space
 from growclip_ds.growth.pim import pim, rand_draw
 from growclip_ds.growth.slicing import state_shapes
 from growclip_ds.model import GrowCLIP, check_contains, param_count
-from growclip_ds.model.init import init_kind
+from growclip_ds.model.init import normal_std
+from growclip_ds.model.roles import arch_specs
 
 OLD = ArchConfig(img_conv_layers=1, img_blocks=2, img_heads=2, txt_blocks=2, txt_heads=2, shared_blocks=0,
                  head_dim=16, image_size=32, patch_size=8, context_length=12, embed_dim=48, stem_channels=6,
@@ -44,9 +45,10 @@ def grown():
     return old, sup, pim(old, OLD, sup, beta=B, gamma=GAM, seed=5)
 
 
-def _expect(old_t, name, shape):
+def _expect(old_t, name, shape, arch=None):
+    spec = arch_specs(arch or space.supernet(OLD, G))[name][1]
     overlap = tuple(slice(0, min(a, b)) for a, b in zip(old_t.shape, shape))
-    ref = B * old_t.double()[overlap] + GAM * rand_draw(name, shape, 5).double()[overlap]
+    ref = B * old_t.double()[overlap] + GAM * rand_draw(name, spec, shape, 5).double()[overlap]
     return overlap, ref
 
 
@@ -80,12 +82,12 @@ def test_pim_new_heads_and_new_stacks_have_the_initializer_statistics(grown):
     old, sup, new = grown
     w = new["image.blocks.0.mlp.fc1.weight"]  # (4*64, 64): old (4*32, 32) in the corner
     fresh_part = torch.cat([w[128:].flatten(), w[:128, 32:].flatten()]).double()
-    std = init_kind("image.blocks.0.mlp.fc1.weight", tuple(w.shape))[1]
+    std = normal_std(arch_specs(sup)["image.blocks.0.mlp.fc1.weight"][1], tuple(w.shape))
     assert abs(fresh_part.std().item() - std) / std < 0.05 and abs(fresh_part.mean().item()) < 0.01 * std * 10
     ln = new["image.blocks.0.ln1.weight"]
     assert torch.all(ln[32:] == 1.0)  # new channels of a gain: its initializer (ones)
-    q = new["shared.blocks.1.attn.qkv_weight"]  # the shared stack was empty: all fresh
-    assert abs(q.double().std().item() - 48 ** -0.5) / 48 ** -0.5 < 0.05
+    q = new["shared.blocks.1.attn.qkv_weight"]  # the shared stack was empty: all fresh, at the image width
+    assert q.shape == (3, 64, 64) and abs(q.double().std().item() - 64 ** -0.5) / 64 ** -0.5 < 0.05
     assert torch.all(new["shared.blocks.0.ln1.img.weight"] == 1.0)
 
 
@@ -104,7 +106,7 @@ def test_pim_shrinks_a_supernet_to_a_subnet(grown):
     for name, t in new.items():
         if name == "logit_scale":
             continue
-        overlap, ref = _expect(super_state[name], name, tuple(t.shape))
+        overlap, ref = _expect(super_state[name], name, tuple(t.shape), sub)
         assert all(s.stop == n for s, n in zip(overlap, t.shape))  # the whole tensor is inherited
         torch.testing.assert_close(t.double(), ref, rtol=1e-6, atol=1e-7)
     model = GrowCLIP(sub)

@@ -12,6 +12,7 @@ from growclip_ds.growth import space
 from growclip_ds.growth.pim import pim
 from growclip_ds.model.init import name_seed
 from growclip_ds.train.checkpoint import consolidated_state_dict, read_model
+from growclip_ds.train.loop import warmup_for
 from tests.conftest import launch
 
 
@@ -42,6 +43,35 @@ def test_step2_runs_every_phase_and_ranks_agree_under_zero3(run):
     assert len(rows) >= 4
 
 
+def test_growth_records_what_it_kept(run, tiny_data):
+    """pim1/pim3 done.json: loss on the fixed batch and selection top-1 of the old and grown model;
+    the old model's loss recomputed here from step 1's weights and the first samples of D^2."""
+    from growclip_ds.data.loader import first_samples
+    from growclip_ds.data.manifest import Manifest
+    from growclip_ds.loss import clip_loss
+    from growclip_ds.model import GrowCLIP
+    from growclip_ds.train.loop import load_tokenizer
+
+    d = run / "step2"
+    cfg = load_config("tiny", [f"data.root={tiny_data}"])
+    rec = {w: json.loads((d / w / "done.json").read_text()) for w in ("pim1", "pim3")}
+    assert rec["pim1"]["inherit"] == "pim" and rec["pim1"]["beta"] == cfg.growth.beta
+    sd, arch = read_model(run / "step1")
+    model = GrowCLIP(arch, seed=None)
+    model.load_state_dict(sd)
+    shards = [e.path for e in Manifest.load(tiny_data).shards(2)]
+    batch = first_samples(shards, cfg.train.global_batch, arch.image_size, load_tokenizer(cfg, arch))
+    assert batch["images"].shape[0] == cfg.train.global_batch
+    with torch.no_grad():
+        loss = clip_loss(*model.eval()(batch["images"], batch["tokens"]), gather=False).item()
+    assert rec["pim1"]["kept"]["old"]["loss"] == pytest.approx(loss, rel=1e-5)
+    for r in rec.values():
+        for side in ("old", "grown"):
+            assert 0 <= r["kept"][side]["top1"] <= 1 and r["kept"][side]["loss"] > 0
+    # PIM@3 with beta=0.3 rescales the chosen net's weights: it does not keep the supernet's function
+    assert rec["pim3"]["kept"]["grown"]["loss"] != pytest.approx(rec["pim3"]["kept"]["old"]["loss"], rel=1e-3)
+
+
 def test_gas_choice_is_the_argmax_of_gas_jsonl(run):
     d = run / "step2"
     cfg = load_config("tiny")
@@ -70,7 +100,8 @@ def test_sampled_phase_under_zero2_and_skipped_layer_update(run, tiny_data, tmp_
     idx = space.sample_index(0, 2, "sample", 0)
     assert idx == 48  # text heads and shared blocks grown: the extra image/text blocks sit idle
     cfg = load_config("tiny")
-    lr = cfg.train.lr / (cfg.train.warmup_steps + 1)  # first step of the linear warm-up
+    total = len(_metrics(run / "step2" / "sample" / "metrics.jsonl"))
+    lr = cfg.train.lr / (warmup_for(cfg.train, "inherited", total) + 1)  # first step of the short re-warm-up
     for name in ("image.blocks.2.attn.qkv_weight", "image.blocks.2.mlp.fc1.weight", "text.blocks.2.mlp.fc2.weight",
                  "image.stem_layers.1.conv.weight"):
         expect = before[name].double() * (1 - lr * cfg.train.weight_decay)  # AdamW, zero grad: decay only
@@ -125,3 +156,26 @@ def test_plan_and_report_of_the_run(run, tiny_data):
     assert rows[1]["train_flops"] == sum(p["train_flops"] for p in phases) > 0
     md = write_report(run)
     assert (run / "report.png").stat().st_size > 0 and "GAS at step 2" in md.read_text()
+
+
+def test_preserve_through_deepspeed_keeps_the_function(run, tiny_data, tmp_path):
+    """Step 2 trained at 2 ranks under ZeRO-3, consolidated, grown with inherit=preserve, and loaded
+    by a 1-rank ZeRO-3 engine: the engine holds exactly preserve()'s output, and the grown model's
+    loss and selection top-1 equal the old model's (the done-when: within 5% and 2 points)."""
+    from growclip_ds.growth.preserve import preserve
+
+    other = tmp_path / "run"
+    for s in ("step1", "step2"):
+        shutil.copytree(run / s, other / s, ignore=shutil.ignore_patterns("checkpoints"))
+    launch(["--step", "3", "--stop-after-steps", "0", "--set", "train.zero_stage=3", "--set",
+            "growth.inherit=preserve"] + _common(tiny_data, other), ranks=1)
+    cfg = load_config("tiny")
+    prev_sd, prev_arch = read_model(other / "step2")
+    sup = space.supernet(prev_arch, cfg.growth)
+    expect = preserve(prev_sd, prev_arch, sup, seed=name_seed(0, "pim/t3/pim1") % (2 ** 31))
+    loaded = consolidated_state_dict(other / "step3" / "supernet" / "checkpoints")
+    assert expect.keys() == loaded.keys() and all(torch.equal(expect[k], loaded[k]) for k in expect)
+    kept = json.loads((other / "step3" / "pim1" / "done.json").read_text())
+    assert kept["inherit"] == "preserve"
+    old, grown = kept["kept"]["old"], kept["kept"]["grown"]
+    assert abs(grown["loss"] - old["loss"]) <= 1e-3 * old["loss"] and abs(grown["top1"] - old["top1"]) <= 0.02

@@ -15,7 +15,8 @@ from growclip_ds.data.manifest import Manifest
 from growclip_ds.data.mixture import in_buffer, replay_mixture
 from growclip_ds.loss import lwf_kl
 from growclip_ds.model import GrowCLIP
-from growclip_ds.model.init import init_kind
+from growclip_ds.model.init import normal_std
+from growclip_ds.model.roles import Role, arch_specs
 from growclip_ds.train import checkpoint
 from tests.conftest import launch
 
@@ -93,7 +94,9 @@ def test_recipes_start_from_the_right_weights_and_data(prev_run):
     assert all(torch.equal(twp.init_state[k], prev[k]) for k in prev) and twp.num_samples is None
     assert methods.baseline_phase(cfg, methods.get("tfs"), 2, run, _shared).init_state is None
     seq = methods.baseline_phase(cfg, methods.get("sequential"), 2, run, _shared)
-    assert [s.steps for s in seq.mixture] == [(2,)] and not seq.warmup
+    assert [s.steps for s in seq.mixture] == [(2,)] and seq.warmup == "none"     # TiC-CLIP: no warm-up
+    assert methods.baseline_phase(cfg, methods.get("twp"), 2, run, _shared).warmup == "inherited"   # paper's rule
+    assert methods.baseline_phase(cfg, methods.get("tfs"), 2, run, _shared).warmup == "scratch"
     assert seq.num_samples == round(cfg.train.epochs * 128)                     # C = cost of step 1
     assert methods.baseline_phase(cfg, methods.get("oracle"), 2, run, _shared).num_samples == 2 * 128
     assert [s.steps for s in methods.baseline_phase(cfg, methods.get("cumulative-all"), 2, run, _shared).mixture] \
@@ -103,8 +106,11 @@ def test_recipes_start_from_the_right_weights_and_data(prev_run):
 
     cfg = replace(cfg, method=replace(cfg.method, sap_shrink=0.4, sap_noise=0.05))
     sap = methods.baseline_phase(cfg, methods.get("sap"), 2, run, _shared).init_state
+    specs = arch_specs(arch)
     for name, w in prev.items():
-        kind, std = init_kind(name, tuple(w.shape))
+        spec = specs[name][1]
+        kind = "normal" if spec.decays else "ones" if spec.role in (Role.NORM_GAIN, Role.GATE) else "other"
+        std = normal_std(spec, tuple(w.shape)) if spec.decays else 0.0
         if name == "logit_scale":
             assert torch.equal(sap[name], w)
             continue

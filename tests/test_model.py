@@ -91,3 +91,21 @@ def test_logit_scale_is_clamped_at_100():
         m.logit_scale.fill_(10.0)
     _, _, scale = m(*_inputs(PRESETS["tiny"].arch, n=2))
     assert scale.item() == pytest.approx(100.0)
+
+
+def test_shared_width_is_the_image_width_and_paper_step2_reaches_growclip_s2():
+    """GROWCLIP.md section 2: D^S = the image width. Then +4 shared blocks cost what +4 image blocks
+    cost (Table 9: +7.1M at step 2), and a step-2 candidate is within 1% of GrowCLIP-S2's 116.6M."""
+    from growclip_ds.growth import space
+
+    cfg = PRESETS["paper"]
+    cands = space.candidates(cfg.arch, cfg.growth)
+    with torch.device("meta"):
+        m = GrowCLIP(cands[63], seed=None)
+    assert m.shared.blocks[0].attn.qkv_weight.shape == (3, 640, 640) and m.text.proj.weight.shape == (640, 512)
+    wide = cands[2]                                 # image heads grown: width 640
+    shared_cost = param_count(space.candidate(wide, cfg.growth, 32)) - param_count(wide)
+    blocks_cost = param_count(space.candidate(wide, cfg.growth, 1)) - param_count(wide)
+    assert abs(shared_cost - blocks_cost) / blocks_cost < 0.002     # only the second LayerNorm pair differs
+    every_but_text_blocks = cands[63 - 8]
+    assert abs(param_count(every_but_text_blocks) - 116.6e6) / 116.6e6 < 0.01

@@ -167,3 +167,19 @@ def make_loader(plan: EpochPlan, image_size: int, tokenize) -> DataLoader:
     ds = ShardStream(plan, image_transform(image_size), tokenize)
     return DataLoader(ds, batch_size=None, num_workers=plan.num_workers,
                       persistent_workers=False, prefetch_factor=4 if plan.num_workers else None)
+
+
+def first_samples(shards: list, n: int, image_size: int, tokenize) -> dict:
+    """The first ``n`` decodable samples of ``shards`` in file order, as one batch: a fixed batch that
+    every rank and every run reads identically (what growth is measured on before training)."""
+    tf, imgs, texts = image_transform(image_size), [], []
+    for raw in wds.tariterators.tarfile_samples(iter({"url": str(s)} for s in shards)):
+        sample = decode_sample(raw, tf)
+        if sample is not None:
+            imgs.append(sample[0])
+            texts.append(sample[1])
+        if len(imgs) == n:
+            break
+    if not imgs:
+        raise RuntimeError(f"no decodable sample in {len(shards)} shards (first: {shards[0] if shards else None})")
+    return {"images": torch.stack(imgs), "tokens": tokenize(texts)}

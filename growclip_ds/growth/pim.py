@@ -8,10 +8,11 @@ For every tensor of ``new_arch`` (GROWCLIP.md section 4):
 - a new block / conv layer: the counterpart is the *last* existing block / layer of the same
   stack (copied), then the same rule; a stack that was empty (shared encoder) starts fresh;
 - ``logit_scale`` is copied unchanged (``copy_logit_scale``).
-w_rand is a fresh draw of the tensor's initializer (normal std for matrices; ones / zeros for
-norm gains / biases), seeded by (seed, name); the rule applies to every tensor (``scope="all"``)
-or only to the normally initialised ones, copying norms and biases unchanged
+w_rand is a fresh draw of the tensor's initializer (from its declared role: normal for matrices;
+ones / zeros for norm gains / biases), seeded by (seed, name); the rule applies to every tensor
+(``scope="all"``) or only to the normally initialised ones, copying norms, biases and gates unchanged
 (``scope="weights"``). Shrinking (supernet -> chosen subnet, phase 3) is the same rule on slices.
+``preserve.py`` holds the function-preserving alternative.
 
 It works one tensor at a time on CPU, so peak memory is the input plus the output (two models).
 """
@@ -22,8 +23,8 @@ import re
 import torch
 
 from ..config import ArchConfig
-from ..model.init import init_kind, init_tensor
-from .slicing import state_shapes
+from ..model.init import init_tensor
+from ..model.roles import Role, Spec, arch_specs
 
 STACKS = {  # stack prefix -> architecture field that counts its members
     "image.blocks": "img_blocks",
@@ -46,9 +47,9 @@ def source_name(name: str, old_arch: ArchConfig) -> str | None:
     return f"{prefix}.{min(idx, count - 1)}.{rest}"
 
 
-def rand_draw(name: str, shape: tuple, seed: int) -> torch.Tensor:
+def rand_draw(name: str, spec: Spec, shape: tuple, seed: int) -> torch.Tensor:
     """w_rand: a fresh draw of the tensor's initializer, independent of the model's own init."""
-    return init_tensor(name, shape, seed + 7919)
+    return init_tensor(name, spec, shape, seed + 7919)
 
 
 @torch.no_grad()
@@ -57,10 +58,10 @@ def pim(old_state: dict, old_arch: ArchConfig, new_arch: ArchConfig, beta: float
     if scope not in ("all", "weights"):
         raise ValueError(f"growth.pim_scope: must be 'all' or 'weights' (got {scope!r})")
     out = {}
-    for name, shape in state_shapes(new_arch).items():
+    for name, (shape, spec) in arch_specs(new_arch).items():
         src = source_name(name, old_arch)
         if src is None:  # a stack that was empty: a fresh init
-            out[name] = init_tensor(name, shape, seed)
+            out[name] = init_tensor(name, spec, shape, seed)
             continue
         if src not in old_state:
             raise KeyError(f"{src}: missing from the old state dict (does it match arch {old_arch}?)")
@@ -69,12 +70,12 @@ def pim(old_state: dict, old_arch: ArchConfig, new_arch: ArchConfig, beta: float
             raise ValueError(f"{name}: old tensor has {old.dim()} dims, new has {len(shape)}")
         overlap = tuple(slice(0, min(a, b)) for a, b in zip(old.shape, shape))
         covered = all(a >= b for a, b in zip(old.shape, shape))  # shrinking: nothing stays fresh
-        fresh = torch.empty(shape) if covered else init_tensor(name, shape, seed)  # new heads: fresh init
-        if name == "logit_scale" and copy_logit_scale:
+        fresh = torch.empty(shape) if covered else init_tensor(name, spec, shape, seed)  # new heads: fresh
+        if spec.role == Role.LOGIT_SCALE and copy_logit_scale:
             fresh[overlap] = old[overlap]
-        elif scope == "weights" and init_kind(name, shape)[0] != "normal":
+        elif (scope == "weights" and not spec.decays) or (beta == 1.0 and gamma == 0.0):
             fresh[overlap] = old[overlap]
         else:
-            fresh[overlap] = beta * old[overlap] + gamma * rand_draw(name, shape, seed)[overlap]
+            fresh[overlap] = beta * old[overlap] + gamma * rand_draw(name, spec, shape, seed)[overlap]
         out[name] = fresh
     return out

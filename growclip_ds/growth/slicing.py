@@ -8,16 +8,13 @@ from __future__ import annotations
 import torch
 
 from ..config import ArchConfig
-from ..model import GrowCLIP, check_contains
+from ..model import check_contains
+from ..model.roles import arch_specs
 
 
 def state_shapes(arch: ArchConfig) -> dict[str, tuple]:
-    """Name -> shape of a model of ``arch``, built on the meta device (no memory, no init)."""
-    with torch.device("meta"):
-        model = GrowCLIP.__new__(GrowCLIP)
-        torch.nn.Module.__init__(model)
-        GrowCLIP.__init__(model, arch, seed=None)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    """Name -> shape of a model of ``arch`` (built on the meta device: no memory, no init)."""
+    return {k: shape for k, (shape, _) in arch_specs(arch).items()}
 
 
 def leading_slice(shape: tuple) -> tuple:

@@ -19,6 +19,7 @@ from ..config import ArchConfig
 from .elastic import ElasticLayerNorm, ElasticLinear
 from .encoders import ImageEncoder, SharedEncoder, TextEncoder
 from .init import init_tensor
+from .roles import Role, declare, param_specs
 
 PAD_ID = 0
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -28,15 +29,16 @@ class GrowCLIP(nn.Module):
     def __init__(self, arch: ArchConfig, seed: int = 0):
         super().__init__()
         self.max_arch = arch
-        e = arch.embed_dim
+        e, ds = arch.embed_dim, arch.img_width   # joint space; shared width D^S = the image width
         self.image = ImageEncoder(arch)
         self.text = TextEncoder(arch)
         self.shared = SharedEncoder(arch)
-        self.img_ln_final = ElasticLayerNorm(e)
-        self.txt_ln_final = ElasticLayerNorm(e)
-        self.img_head = ElasticLinear(e, e)
-        self.txt_head = ElasticLinear(e, e)
+        self.img_ln_final = ElasticLayerNorm(ds)
+        self.txt_ln_final = ElasticLayerNorm(ds)
+        self.img_head = ElasticLinear(ds, e)
+        self.txt_head = ElasticLinear(ds, e)
         self.logit_scale = nn.Parameter(torch.empty(1))  # 1-d: DeepSpeed cannot broadcast 0-d tensors
+        declare(self, logit_scale=Role.LOGIT_SCALE)
         self.arch = arch
         self.reset_parameters(seed)
 
@@ -55,21 +57,23 @@ class GrowCLIP(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, seed: int | None = 0) -> None:
-        """Initialise every tensor from (seed, its name), so init does not depend on module order.
-        ``seed=None`` leaves the tensors uninitialised (for meta-device shape queries)."""
+        """Initialise every tensor by its declared role, seeded by (seed, its name), so init does not
+        depend on module order. ``seed=None`` leaves the tensors uninitialised (meta-device queries)."""
+        specs = param_specs(self)   # also checks that every parameter has a role
         if seed is None:
             return
         for name, p in self.named_parameters():
-            p.copy_(init_tensor(name, tuple(p.shape), seed))
+            p.copy_(init_tensor(name, specs[name], tuple(p.shape), seed))
 
     # ------------------------------------------------------------------ forward
     def to_shared(self, x: torch.Tensor, proj: nn.Module, modality: str, pool) -> torch.Tensor:
-        """Project tokens to D^S, run the shared stack, pool. Without shared blocks the pooled token
-        is projected alone: the projection acts per token, so the result is the same at 1/N the cost
-        (and the FLOPs match OpenCLIP's for a plain dual-stream CLIP)."""
+        """Project tokens to D^S (the active image width), run the shared stack, pool. Without shared
+        blocks the pooled token is projected alone: the projection acts per token, so the result is
+        the same at 1/N the cost."""
+        ds = self.arch.img_width
         if self.shared.active_blocks == 0:
-            return proj(pool(x))
-        return pool(self.shared(proj(x), modality))
+            return proj(pool(x), out=ds)
+        return pool(self.shared(proj(x, out=ds), modality))
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         x = self.to_shared(self.image(images), self.image.proj, "img", lambda t: t[:, 0])
@@ -112,16 +116,16 @@ def block_params(width: int, ratio: int, shared: bool = False) -> int:
 
 
 def param_count(arch: ArchConfig) -> int:
-    """Parameters of a model of this architecture, without building it."""
+    """Parameters of a model of this architecture, without building it (D^S = the image width)."""
     wi, wt, e, r = arch.img_width, arch.txt_width, arch.embed_dim, arch.mlp_ratio
     if arch.stem == "conv":
         c, k = arch.stem_channels, arch.patch_size // 2
         conv = lambda cin: cin * c * 9 + c + 2 * c  # noqa: E731  conv + bias + GroupNorm
-        stem = conv(3) + arch.img_conv_layers * conv(c) + wi * c * k * k + wi
+        stem = conv(3) + arch.img_conv_layers * (conv(c) + c) + wi * c * k * k + wi   # + c: the gate
     else:
         stem = wi * 3 * arch.patch_size ** 2
-    image = stem + wi + (arch.num_patches + 1) * wi + arch.img_blocks * block_params(wi, r) + wi * e + e
-    text = (arch.vocab_size + arch.context_length) * wt + arch.txt_blocks * block_params(wt, r) + wt * e + e
-    shared = arch.shared_blocks * block_params(e, r, shared=True)
-    heads = 2 * (2 * e) + 2 * (e * e + e)
+    image = stem + wi + (arch.num_patches + 1) * wi + arch.img_blocks * block_params(wi, r) + wi * wi + wi
+    text = (arch.vocab_size + arch.context_length) * wt + arch.txt_blocks * block_params(wt, r) + wt * wi + wi
+    shared = arch.shared_blocks * block_params(wi, r, shared=True)
+    heads = 2 * (2 * wi) + 2 * (wi * e + e)
     return image + text + shared + heads + 1

@@ -12,14 +12,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .roles import Role, declare
+
 
 class ElasticLinear(nn.Module):
-    """y = x W[:out, :in]^T + b[:out]; ``in`` from the input, ``out`` fixed or set per call."""
+    """y = x W[:out, :in]^T + b[:out]; ``in`` from the input, ``out`` fixed or set per call.
 
-    def __init__(self, in_max: int, out_max: int, bias: bool = True):
+    ``writer``: its output rows are channels of a residual stream (a block's output projection, the
+    projection into the shared stream), which is what function-preserving growth must know."""
+
+    def __init__(self, in_max: int, out_max: int, bias: bool = True, writer: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_max, in_max))
         self.bias = nn.Parameter(torch.empty(out_max)) if bias else None
+        declare(self, weight=Role.WRITER if writer else Role.MATRIX,
+                bias=Role.WRITER_BIAS if writer else Role.BIAS)
 
     def forward(self, x: torch.Tensor, out: int | None = None) -> torch.Tensor:
         out = self.weight.shape[0] if out is None else out
@@ -35,6 +42,7 @@ class ElasticLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.empty(dim_max))
         self.bias = nn.Parameter(torch.empty(dim_max))
         self.eps = eps
+        declare(self, weight=Role.NORM_GAIN, bias=Role.NORM_BIAS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = x.shape[-1]
@@ -53,7 +61,8 @@ class ElasticAttention(nn.Module):
         self.head_dim = head_dim
         self.qkv_weight = nn.Parameter(torch.empty(3, width_max, width_max))
         self.qkv_bias = nn.Parameter(torch.empty(3, width_max))
-        self.proj = ElasticLinear(width_max, width_max)
+        self.proj = ElasticLinear(width_max, width_max, writer=True)
+        declare(self, qkv_weight=Role.MATRIX, qkv_bias=Role.BIAS)
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         b, n, w = x.shape
@@ -69,7 +78,7 @@ class ElasticMLP(nn.Module):
         super().__init__()
         self.ratio = ratio
         self.fc1 = ElasticLinear(width_max, ratio * width_max)
-        self.fc2 = ElasticLinear(ratio * width_max, width_max)
+        self.fc2 = ElasticLinear(ratio * width_max, width_max, writer=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = x.shape[-1]

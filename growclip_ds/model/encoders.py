@@ -2,7 +2,8 @@
 
 Each encoder is built at its largest size and runs any smaller size set by ``set_active``.
 Image and text encoders return token sequences at their own width; each owns the projection
-``proj`` to the shared width D^S (= embed_dim), which ``GrowCLIP`` applies (see ``to_shared``).
+``proj`` to the shared width D^S (= the image width, GROWCLIP.md section 2), which ``GrowCLIP``
+applies (see ``to_shared``).
 """
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .elastic import Block, ElasticLinear, SharedBlock
+from .roles import Role, Spec, declare
+
+IMAGE_POS_STD = 0.2   # patch tokens leave the conv stem at about unit scale; positions at 0.01 would
+                      # carry almost no spatial signal, and short runs never learn "left" from "right"
+TEXT_POS_STD = 0.01
 
 
 def _run_blocks(blocks, x, n: int, grad_ckpt: bool, *args):
@@ -26,11 +32,25 @@ class ConvLayer(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
-        self.norm = nn.GroupNorm(1, cout)
+        self.conv = declare(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), weight=Role.CONV, bias=Role.BIAS)
+        self.norm = declare(nn.GroupNorm(1, cout), weight=Role.NORM_GAIN, bias=Role.NORM_BIAS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.norm(self.conv(x)))
+
+
+class ResidualConvLayer(ConvLayer):
+    """x + gate * ConvLayer(x), a per-channel gate (ones at init): the elastic stride-1 layers of
+    the stem. With the gate at zero the layer is the identity, so a grown stem can start out
+    computing exactly what the smaller one did (and skipping a layer is the identity too)."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels, stride=1)
+        self.gate = nn.Parameter(torch.empty(channels))
+        declare(self, gate=Role.GATE)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.gate.view(1, -1, 1, 1) * super().forward(x)
 
 
 class ElasticPatchify(nn.Module):
@@ -41,6 +61,7 @@ class ElasticPatchify(nn.Module):
         self.patch = patch
         self.weight = nn.Parameter(torch.empty(width_max, cin, patch, patch))
         self.bias = nn.Parameter(torch.empty(width_max)) if bias else None
+        declare(self, weight=Role.PATCH, bias=Role.PATCH_BIAS)
 
     def forward(self, x: torch.Tensor, width: int) -> torch.Tensor:
         b = None if self.bias is None else self.bias[:width]
@@ -49,7 +70,7 @@ class ElasticPatchify(nn.Module):
 
 class ImageEncoder(nn.Module):
     """Conv stem (stride-2 conv, l elastic stride-1 convs, patchify) or plain patch embedding,
-    then class token + learned positions, b pre-LN blocks; ``proj`` maps to D^S."""
+    then class token + learned positions, b pre-LN blocks; ``proj`` maps to D^S = the image width."""
 
     def __init__(self, arch):
         super().__init__()
@@ -58,15 +79,16 @@ class ImageEncoder(nn.Module):
         if arch.stem == "conv":
             c = arch.stem_channels
             self.stem_in = ConvLayer(3, c, stride=2)
-            self.stem_layers = nn.ModuleList(ConvLayer(c, c, stride=1) for _ in range(arch.img_conv_layers))
+            self.stem_layers = nn.ModuleList(ResidualConvLayer(c) for _ in range(arch.img_conv_layers))
             self.patchify = ElasticPatchify(c, w, arch.patch_size // 2, bias=True)
         else:
             self.patchify = ElasticPatchify(3, w, arch.patch_size, bias=False)
         self.cls_token = nn.Parameter(torch.empty(w))
         self.pos_emb = nn.Parameter(torch.empty(arch.num_patches + 1, w))
+        declare(self, cls_token=Role.CLASS_TOKEN, pos_emb=Spec(Role.POSITION, IMAGE_POS_STD))
         self.blocks = nn.ModuleList(Block(w, arch.head_dim, arch.mlp_ratio, causal=False)
                                     for _ in range(arch.img_blocks))
-        self.proj = ElasticLinear(w, arch.embed_dim)
+        self.proj = ElasticLinear(w, w, writer=True)
         self.set_active(arch.img_conv_layers, arch.img_blocks, arch.img_heads)
         self.grad_checkpointing = False
 
@@ -96,9 +118,10 @@ class TextEncoder(nn.Module):
         self.head_dim = arch.head_dim
         self.tok_emb = nn.Parameter(torch.empty(arch.vocab_size, w))
         self.pos_emb = nn.Parameter(torch.empty(arch.context_length, w))
+        declare(self, tok_emb=Role.EMBEDDING, pos_emb=Spec(Role.POSITION, TEXT_POS_STD))
         self.blocks = nn.ModuleList(Block(w, arch.head_dim, arch.mlp_ratio, causal=True)
                                     for _ in range(arch.txt_blocks))
-        self.proj = ElasticLinear(w, arch.embed_dim)
+        self.proj = ElasticLinear(w, arch.img_width, writer=True)
         self.set_active(arch.txt_blocks, arch.txt_heads)
         self.grad_checkpointing = False
 
@@ -113,11 +136,12 @@ class TextEncoder(nn.Module):
 
 
 class SharedEncoder(nn.Module):
-    """b^S blocks whose attention/MLP weights both modalities use (LayerNorms per modality)."""
+    """b^S blocks whose attention/MLP weights both modalities use (LayerNorms per modality), at the
+    image width D^S; a subnet with fewer image heads uses the leading slice of it."""
 
     def __init__(self, arch):
         super().__init__()
-        self.blocks = nn.ModuleList(SharedBlock(arch.embed_dim, arch.head_dim, arch.mlp_ratio)
+        self.blocks = nn.ModuleList(SharedBlock(arch.img_width, arch.head_dim, arch.mlp_ratio)
                                     for _ in range(arch.shared_blocks))
         self.active_blocks = arch.shared_blocks
         self.grad_checkpointing = False

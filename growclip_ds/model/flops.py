@@ -33,13 +33,13 @@ def image_flops(arch: ArchConfig) -> int:
 
 
 def _to_shared(arch: ArchConfig, width: int, tokens: int) -> int:
-    """Projection to D^S (every token when the shared stack runs, else the pooled one), the shared
-    blocks, and the final head."""
-    e = arch.embed_dim
+    """Projection to D^S = the image width (every token when the shared stack runs, else the
+    pooled one), the shared blocks, and the final head to the joint space."""
+    e, ds = arch.embed_dim, arch.img_width
     if arch.shared_blocks == 0:
-        return 2 * width * e + 2 * e * e
-    f = 2 * tokens * width * e + 2 * e * e
-    return f + arch.shared_blocks * block_flops(e, tokens, arch.mlp_ratio)
+        return 2 * width * ds + 2 * ds * e
+    f = 2 * tokens * width * ds + 2 * ds * e
+    return f + arch.shared_blocks * block_flops(ds, tokens, arch.mlp_ratio)
 
 
 def text_flops(arch: ArchConfig) -> int:
@@ -64,6 +64,6 @@ def hardware_train_flops(arch: ArchConfig, recompute: bool) -> int:
     n_img, n_txt = arch.num_patches + 1, arch.context_length
     blocks = arch.img_blocks * block_flops(arch.img_width, n_img, arch.mlp_ratio) \
         + arch.txt_blocks * block_flops(arch.txt_width, n_txt, arch.mlp_ratio) \
-        + arch.shared_blocks * (block_flops(arch.embed_dim, n_img, arch.mlp_ratio)
-                                + block_flops(arch.embed_dim, n_txt, arch.mlp_ratio))
+        + arch.shared_blocks * (block_flops(arch.img_width, n_img, arch.mlp_ratio)
+                                + block_flops(arch.img_width, n_txt, arch.mlp_ratio))
     return train_flops(arch) + blocks

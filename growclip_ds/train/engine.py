@@ -46,14 +46,15 @@ def build_ds_config(train: TrainConfig, world_size: int, base: str | Path | None
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on normally initialised tensors (matrices, kernels, embeddings) only: not on
-    biases (qkv_bias is 2-d, so this goes by name, not by ndim), norm gains or logit_scale."""
-    from ..model.init import init_kind
+    """Weight decay on normally initialised tensors (matrices, kernels, embeddings, positions) only:
+    not on biases, norm gains, gates or logit_scale; decided by each parameter's declared role."""
+    from ..model.roles import param_specs
 
+    specs = param_specs(model)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if init_kind(name, tuple(p.shape))[0] == "normal" else no_decay).append(p)
+            (decay if specs[name].decays else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -8,6 +8,7 @@ from (LwF). Everything else (engine, data order, checkpoints, resume, logging, c
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ class Phase:
     epochs: float | None = None                # overrides train.epochs for this phase
     mixture: list[Source] | None = None        # replay mixture instead of plain ``data_steps``
     num_samples: int | None = None             # sample budget; overrides epochs
-    warmup: bool = True                        # False: no lr warm-up (TiC: none after the first step)
+    warmup: str = "scratch"                    # "scratch" | "inherited" | "none": see ``warmup_for``
     teacher: tuple | None = None               # (state dict, arch) of a frozen model to distil from (LwF)
     distill_weight: float = 0.0
 
@@ -78,6 +79,25 @@ def plan_steps(cfg: RunConfig, num_samples: int, epochs: float | None,
     if cfg.train.num_samples > 0 and epochs is None:
         return per_epoch, max(1, cfg.train.num_samples // gb)
     return per_epoch, max(1, round((epochs if epochs is not None else cfg.train.epochs) * per_epoch))
+
+
+WARMUPS = ("scratch", "inherited", "none")
+
+
+def warmup_for(train, kind: str, total_steps: int) -> int:
+    """Warm-up steps of a phase. "scratch" (fresh weights): ``train.warmup_steps``. "inherited" (the
+    phases of a growth step, TWP, SAP: trained weights, fresh optimizer moments): a short re-warm-up
+    of ``train.warmup_inherited`` x the phase's steps, at most ``warmup_steps``, so the first Adam/LAMB
+    steps of fresh moments cannot throw away what was inherited, while a short phase is not spent
+    warming up (at paper scale 4000 steps were half of phase 1). "none" (TiC-CLIP's warm-started
+    methods, their finding): no warm-up."""
+    if kind not in WARMUPS:
+        raise ValueError(f"phase warm-up {kind!r}: must be one of {WARMUPS}")
+    if kind == "scratch":
+        return train.warmup_steps
+    if kind == "inherited":
+        return min(train.warmup_steps, math.ceil(train.warmup_inherited * total_steps))
+    return 0
 
 
 def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True,
@@ -119,7 +139,7 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
     tag = tag[0]
     saved_world = checkpoint.read_meta(ckpt_dir / tag)["world_size"] if tag else world
     resized = saved_world != world and t.zero_stage > 0   # ZeRO partitions: load a universal conversion
-    engine, _, sched = build_engine(model, t if phase.warmup else replace(t, warmup_steps=0), world, total,
+    engine, _, sched = build_engine(model, replace(t, warmup_steps=warmup_for(t, phase.warmup, total)), world, total,
                                     phase_dir, universal=resized)
     if teacher is not None:
         teacher.to(engine.device)

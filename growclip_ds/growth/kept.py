@@ -1,0 +1,38 @@
+"""What a growth keeps, measured before any training (GROWCLIP.md section 4b).
+
+    kept = measure_kept(old, grown, batch, sets, tokenizer)
+    # {"old": {"loss": L, "top1": A}, "grown": {"loss": L, "top1": A}}
+
+``old`` and ``grown`` are plain models with their architectures set; ``loss`` is the contrastive
+loss on one fixed training batch (the same on every rank, not gathered), ``top1`` the mean zero-shot
+top-1 over the selection split's tasks (never the test split). Every rank must call it: the
+evaluation is spread over ranks.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..loss import clip_loss
+
+
+@torch.no_grad()
+def model_scores(model, batch: dict, sets, tokenize) -> dict:
+    from ..eval.evaluate import evaluate
+
+    was_training = model.training
+    model.eval()
+    loss = clip_loss(*model(batch["images"], batch["tokens"]), gather=False).item()
+    zs = evaluate(model, sets, tokenize)["zero_shot"]
+    model.train(was_training)
+    return {"loss": loss, "top1": sum(t["top1"] for t in zs.values()) / max(1, len(zs))}
+
+
+def measure_kept(old, grown, batch: dict, sets, tokenize) -> dict:
+    return {"old": model_scores(old, batch, sets, tokenize), "grown": model_scores(grown, batch, sets, tokenize)}
+
+
+def describe(kept: dict) -> str:
+    """One line: loss and selection top-1, old -> grown."""
+    o, g = kept["old"], kept["grown"]
+    return (f"loss {o['loss']:.3f} -> {g['loss']:.3f} ({100 * (g['loss'] / o['loss'] - 1):+.1f}%), "
+            f"selection top-1 {100 * o['top1']:.1f} -> {100 * g['top1']:.1f}")
