@@ -1,4 +1,4 @@
-"""Time to score all 64 GAS candidates: 24 shared encoder variants against one pass per candidate,
+"""Time to score all 64 GAS candidates: 32 shared encoder variants against one pass per candidate,
 side by side in one run, on one process.
 
     python benchmarks/gas_cost.py --config demo --data data/builtin
@@ -58,7 +58,7 @@ def main() -> None:
            "max_accuracy_difference": same, "machine": f"{platform.machine()} {os.cpu_count()} cores",
            "threads": args.threads, "date": time.strftime("%Y-%m-%d")}
     print(f"GAS over 64 candidates, supernet {param_count(sup):,} params, {n_img} selection images")
-    print(f"  24 shared variants : {shared_s:7.2f} s")
+    print(f"  32 shared variants : {shared_s:7.2f} s")
     print(f"  64 separate passes : {each_s:7.2f} s")
     print(f"  speed-up           : {out['speedup']:.1f}x  (max accuracy difference {same:.1e})")
     d = REPO / "docs" / "benchmarks"

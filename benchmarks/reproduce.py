@@ -83,7 +83,7 @@ def growclip_name(mode: str, modes: list[str]) -> str:
     return "growclip" if len(modes) == 1 else f"growclip-{mode}"
 
 
-def plan(cfg, methods: list[str], last: int, tables: bool, modes: list[str]) -> list[Run]:
+def plan(cfg, methods: list[str], last: int, tables: set, modes: list[str]) -> list[Run]:
     """The run folders of the comparison, longest chains first (they start first). GrowCLIP runs once
     per inheritance mode (``growth.inherit``), each with its own Table 5 rows; Table 9 uses the first."""
     grow = tuple(range(2, last + 1))
@@ -93,10 +93,11 @@ def plan(cfg, methods: list[str], last: int, tables: bool, modes: list[str]) -> 
             runs += [Run(growclip_name(mode, modes), m, grow, sets=(f"growth.inherit={mode}",)) for mode in modes]
         else:
             runs.append(Run(m, m, grow))
-    if not tables or "growclip" not in methods:
+    if "1" in tables:
+        runs.append(Run("tfs-half", "tfs", tuple(range(1, last + 1)), sets=tuple(half_size(cfg.arch)), step1_from=""))
+    if "growclip" not in methods:
         return runs
-    runs.append(Run("tfs-half", "tfs", tuple(range(1, last + 1)), sets=tuple(half_size(cfg.arch)), step1_from=""))
-    for mode in modes:
+    for mode in (modes if "5" in tables else ()):
         src, suffix = growclip_name(mode, modes), "" if len(modes) == 1 else f"-{mode}"
         for ablate in TABLE5[1:]:
             # with inherit=preserve, PIM@3 is exact slicing, so switching it off changes nothing, and with
@@ -107,7 +108,7 @@ def plan(cfg, methods: list[str], last: int, tables: bool, modes: list[str]) -> 
             runs.append(Run("ablate-" + off.replace(",", "-") + suffix, steps=(2,), args=("--ablate", off),
                             sets=(f"growth.inherit={mode}",), share=shared_phases(ablate), share_from=src))
     first = growclip_name(modes[0], modes)
-    for k, (field, _) in enumerate([("none", None)] + list(FACTORS)):
+    for k, (field, _) in enumerate([("none", None)] + list(FACTORS) if "9" in tables else []):
         index = 0 if k == 0 else 2 ** (k - 1)
         runs.append(Run(f"grow-{field}", steps=(2,), args=("--candidate", str(index)),
                         sets=(f"growth.inherit={modes[0]}",), share=shared_phases({"gas"}), share_from=first))
@@ -169,12 +170,12 @@ class Runner:
         if a.ranks == 1:
             return [sys.executable] + grow
         return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(a.ranks),
-                "--master_port", str(29600 + 10 * slot)] + grow
+                "--master_port", str(a.port + 10 * slot)] + grow
 
     def start(self, name: str, step: int, slot: int) -> subprocess.Popen:
         self.prepare(name, step)
         env = launch_env()
-        env.update(MASTER_PORT=str(29600 + 10 * slot), OMP_NUM_THREADS=str(self.threads))
+        env.update(MASTER_PORT=str(self.args.port + 10 * slot), OMP_NUM_THREADS=str(self.threads))
         cmd = self.command(name, step, slot)
         with open(self.out / "logs" / f"{name}_step{step}.log", "w") as log:
             log.write("$ " + shlex.join(cmd) + "\n")
@@ -232,11 +233,14 @@ def main() -> int:
     ap.add_argument("--methods", default=",".join(RECIPES))
     ap.add_argument("--steps", type=int, default=0, help="last growth step (default: every step of the data)")
     ap.add_argument("--no-tables", action="store_true", help="methods only: no Table 1, 5 and 9 runs")
+    ap.add_argument("--tables", default="1,5,9", help="which of the Table 1, 5, 9 runs to add (default all)")
     ap.add_argument("--inherit", default="pim,preserve",
                     help="GrowCLIP's inheritance modes to run, each a run folder growclip-<mode> with its own "
                          "Table 5 rows (default: both; one mode: a folder named growclip)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (default 2: one per core)")
     ap.add_argument("--ranks", type=int, default=1, help="ranks per run (default 1)")
+    ap.add_argument("--port", type=int, default=29600,
+                    help="rendezvous port of job slot 0 (slot k: +10k); give two comparisons at once distinct ports")
     ap.add_argument("--publish", default="", metavar="DIR",
                     help="also copy comparison.md, reproduce.json and the PNGs into DIR (e.g. under docs/results/)")
     args = ap.parse_args()
@@ -257,7 +261,8 @@ def main() -> int:
                          "chooses its alpha on (data made by an older version): remake it with "
                          f"`growclip-ds data make --config {args.config} --force` (same shards, one more eval set)")
     modes = [m for m in args.inherit.split(",") if m]
-    runs = plan(cfg, methods, last, not args.no_tables, modes)
+    tables = set() if args.no_tables else {t.strip() for t in args.tables.split(",") if t.strip()}
+    runs = plan(cfg, methods, last, tables, modes)
     runner = Runner(args, out, runs, sets)
     print(f"[reproduce] {runner.total} steps to run in {len(runs)} run folders under {out}, "
           f"{args.jobs} at a time", flush=True)

@@ -56,7 +56,7 @@ def _eval(args) -> int:
     sd, arch = read_model(Path(args.model))
     model = GrowCLIP(arch)
     model.load_state_dict(sd)
-    res = evaluate(model, EvalSets(cfg.data.root, arch.image_size), load_tokenizer(cfg, arch))
+    res = evaluate(model, EvalSets(cfg.data.root, arch.image_size, split=args.split), load_tokenizer(cfg, arch))
     print(json.dumps(res, indent=1))
     return 0
 
@@ -150,6 +150,8 @@ def main(argv=None) -> int:
 
     ev = sub.add_parser("eval", parents=[common], help="zero-shot and retrieval eval of a consolidated model")
     ev.add_argument("model", help="a step folder holding model.safetensors and arch.json")
+    ev.add_argument("--split", default="zero_shot", choices=("zero_shot", "selection"),
+                    help="zero_shot: the test split (report numbers); selection: the split choices are made on")
     ev.set_defaults(fn=_eval)
 
     dm = sub.add_parser("demo", parents=[common], help="the main job: data, training on N ranks, report")

@@ -209,14 +209,14 @@ def kept_summary(runs: list[RunRecord]) -> list[str]:
         for row in r.rows:
             for which, rec in row.get("kept", {}).items():
                 o, g = rec["kept"]["old"], rec["kept"]["grown"]
-                rows.append(f"| {r.name} | {row['step']} | {which} | {rec['inherit']} | {o['loss']:.3f} -> {g['loss']:.3f} "
-                            f"| {_pct(o['top1'])} -> {_pct(g['top1'])} |")
+                rows.append(f"| {r.name} | {row['step']} | {which} | {rec['inherit']} | "
+                            f"{o['loss']:.3f} -> {g['loss']:.3f} | {_pct(o['top1'])} -> {_pct(g['top1'])} |")
     if not rows:
         return []
     return ["## What growth kept, before any training", "",
             "pim1: the step t-1 model -> the supernet; pim3: the chosen candidate as it was inside the trained "
-            "supernet -> the chosen net. Loss on one fixed training batch of D^t; mean zero-shot top-1 on the "
-            "selection split.", "",
+            "supernet -> the chosen net. Loss on one fixed batch of step t's new training data; mean zero-shot "
+            "top-1 on the selection split.", "",
             "| run | step | growth | inheritance | loss old -> grown | selection top-1 old -> grown |",
             "|---|---|---|---|---|---|", *rows]
 

@@ -123,14 +123,14 @@ class GrowthStep:
         if which in self.ablate:
             return {"inherit": "plain", "beta": 1.0, "gamma": 0.0}
         if g.inherit == "preserve":
-            return {"inherit": "preserve"}
+            return {"inherit": "preserve", "gamma": g.preserve_gamma}
         return {"inherit": "pim", "beta": g.beta, "gamma": g.gamma, "scope": g.pim_scope}
 
     def _grow(self, src_dir: Path, src_arch: ArchConfig, dst: ArchConfig, which: str):
         sd, _ = checkpoint.read_model(src_dir)
         how, seed = self.inheritance(which), self.pim_seed(which)
         if how["inherit"] == "preserve":
-            return preserve(sd, src_arch, dst, seed), dst
+            return preserve(sd, src_arch, dst, seed, how["gamma"]), dst
         g = self.cfg.growth
         return pim(sd, src_arch, dst, how["beta"], how["gamma"], seed, g.copy_logit_scale, g.pim_scope), dst
 
@@ -164,10 +164,11 @@ class GrowthStep:
         return EvalSets(self.cfg.data.root, self.super_arch.image_size, split="selection", retrieval=False)
 
     def fixed_batch(self) -> dict:
-        """The first min(global batch, 256) samples of D^t in shard order: what growth is scored on."""
+        """The first min(global batch, 256) samples of step t's new data in shard order (training data
+        of this step that the step t-1 model has not seen): what growth is scored on."""
         from .data.loader import first_samples
 
-        shards = [e.path for e in Manifest.load(self.cfg.data.root).shards(self.t)]
+        shards = [e.path for e in Manifest.load(self.cfg.data.root).shards([self.t])]
         return first_samples(shards, min(self.cfg.train.global_batch, 256), self.super_arch.image_size,
                              self.tokenizer())
 

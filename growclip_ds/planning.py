@@ -78,7 +78,7 @@ def plan_next_step(cfg: RunConfig, run_dir: Path) -> str:
     n_txt = sum(len(t_["classes"]) * len(t_["templates"]) for t_ in sel.values())
     gas_flops = sum(n_img * image_flops(c) if k == "img" else n_txt * text_flops(c) for k, _, c in variants(prev, g))
     naive = sum(n_img * image_flops(c) + n_txt * text_flops(c) for c in cands)
-    lines.append(f"- gas: 24 encoder variants over {n_img} images and {n_txt} prompts, {gas_flops / 1e12:.3f} TFLOP "
+    lines.append(f"- gas: {len(variants(prev, g))} encoder variants over {n_img} images and {n_txt} prompts, {gas_flops / 1e12:.3f} TFLOP "
                  f"(scoring each candidate alone: {naive / 1e12:.3f} TFLOP, {naive / gas_flops:.1f}x).")
     s3 = plan_steps(cfg, n, g.final_epochs)[1] * gb
     lo, hi = min(train_flops(c) for c in cands), max(train_flops(c) for c in cands)

@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 
 from .growth.gas import read_scores
-from .growth.kept import describe as describe_kept
 
-GROWTHS = (("pim1", "PIM@1: step t-1 model -> supernet"), ("pim3", "PIM@3: candidate inside the supernet -> chosen net"))
+GROWTHS = (("pim1", "PIM@1: step t-1 model -> supernet"),
+           ("pim3", "PIM@3: candidate inside the supernet -> chosen net"))
 
 
 def _steps(run_dir: Path) -> list[Path]:
@@ -37,7 +37,7 @@ def kept_records(step_dir: Path) -> dict:
 
 
 def kept_table(run_dir: Path) -> list[str]:
-    """What each growth kept, before any training (GROWCLIP.md section 4b)."""
+    """What each growth kept, before any training (docs/growth.md)."""
     rows = []
     for d in _steps(run_dir):
         for which, what in GROWTHS:
@@ -49,7 +49,8 @@ def kept_table(run_dir: Path) -> list[str]:
     if not rows:
         return []
     return ["", "## What growth kept (before any training)", "",
-            "Contrastive loss on one fixed training batch of D^t, mean zero-shot top-1 (%) on the selection split.",
+            "Contrastive loss on one fixed batch of step t's new training data, mean zero-shot top-1 (%) on the "
+            "selection split.",
             "", "| step | growth | inheritance | loss old -> grown | selection top-1 old -> grown |",
             "|---|---|---|---|---|", *rows]
 

@@ -98,14 +98,50 @@ def test_reproduce_plan_matches_the_tables():
     from growclip_ds.config import load_config
 
     cfg = load_config("demo")
-    runs = {r.name: r for r in plan(cfg, ["growclip", "tfs", "lwf"], 4, tables=True)}
+    runs = {r.name: r for r in plan(cfg, ["growclip", "tfs", "lwf"], 4, {"1", "5", "9"}, ["pim"])}
     ablations = [tuple(sorted(r.args[1].split(","))) for r in runs.values() if r.args[:1] == ("--ablate",)]
     assert ablations == list(TABLE5[1:])
     cands = sorted(int(r.args[1]) for r in runs.values() if r.args[:1] == ("--candidate",))
     assert cands == [0, 1, 2, 4, 8, 16, 32]
+    # both inheritance modes: a growclip run each; preserve skips the Table 5 rows equal to another run
+    # (PIM@3 off: preserve's PIM@3 is already exact slicing; everything off: plain inheritance in either)
+    both = {r.name: r for r in plan(cfg, ["growclip"], 4, {"5", "9"}, ["preserve", "pim"])}
+    assert both["growclip-preserve"].sets == ("growth.inherit=preserve",) and "growclip" not in both
+    pres = sorted(n for n in both if n.startswith("ablate-") and n.endswith("-preserve"))
+    assert pres == ["ablate-gas-pim3-preserve", "ablate-st-gas-pim3-preserve"]
+    assert all(both[n].share_from == "growclip-preserve" for n in pres)
+    assert both["grow-img_heads"].share_from == "growclip-preserve"     # Table 9 follows the first mode
+    assert "tfs-half" not in both
     half = dict(s.split("=") for s in runs["tfs-half"].sets)
     assert (half["arch.img_blocks"], half["arch.img_heads"], half["arch.embed_dim"]) == \
         (str(cfg.arch.img_blocks // 2), str(cfg.arch.img_heads // 2), str(cfg.arch.embed_dim // 2))
     assert runs["lwf"].steps == (2, 3, 4) and runs["tfs-half"].steps == (1, 2, 3, 4)
     assert shared_phases({"pim3"}) == ("pim1", "supernet", "sample", "gas")
     assert shared_phases({"st", "gas", "pim3"}) == ("pim1",) and shared_phases({"pim1"}) == ()
+
+
+def test_kept_and_table5_per_inheritance_mode(tmp_path):
+    """A growclip run per mode: Table 5 splits by growth.inherit (plain-inheritance rows in both), and
+    the kept figures of pim1/pim3 appear per run."""
+    from growclip_ds.compare import kept_summary
+
+    step1 = (1000, {"colour": 0.25, "shape": 0.5}, 400, 4e12, 10.0, [0.2, 0.1])
+    runs_made = (("growclip-preserve", "preserve", (), 0.75),
+                 ("ablate-gas-pim3-preserve", "preserve", ("gas", "pim3"), 0.5),
+                 ("growclip-pim", "pim", (), 0.25), ("ablate-pim1-pim", "pim", ("pim1",), 0.125))
+    for name, mode, ablate, acc in runs_made:
+        make_run(tmp_path, name, {1: step1, 2: (1200, {"colour": acc, "shape": acc}, 800, 1e13, 30.0, [0.3, 0.3])},
+                 ablate=ablate)
+        _write(tmp_path / name / "step2" / "config.json", {"growth": {"inherit": mode}})
+    _write(tmp_path / "growclip-preserve" / "step2" / "pim1" / "done.json",
+           {"inherit": "preserve", "kept": {"old": {"loss": 2.5, "top1": 0.4}, "grown": {"loss": 2.5004, "top1": 0.4}}})
+    runs = load_runs(tmp_path)
+    assert {r.name: r.inherit for r in runs}["growclip-preserve"] == "preserve"
+    t5 = table5(runs)
+    pim_part, pres_part = "\n".join(t5).split("growth.inherit=preserve")
+    assert "ablate-pim1-pim" in pim_part and "ablate-pim1-pim" in pres_part      # plain inheritance: both
+    assert "growclip-preserve" not in pim_part and "growclip-pim" not in pres_part
+    assert _row(pres_part.splitlines(), "✓")[4:6] == ["growclip-preserve", "1,200"]
+    k = kept_summary(runs)
+    assert _row(k, "growclip-preserve") == ["growclip-preserve", "2", "pim1", "preserve", "2.500 -> 2.500",
+                                            "40.0 -> 40.0"]

@@ -1,4 +1,4 @@
-"""GAS: 24 shared-variant passes equal 64 separate scorings and a standalone-model evaluation;
+"""GAS: 32 shared-variant passes equal 64 separate scorings and a standalone-model evaluation;
 the choice is the formula's argmax; a restarted GAS redoes only what was not finished."""
 import json
 
@@ -33,7 +33,7 @@ def test_shared_variants_equal_per_candidate_scoring(setup, tmp_path):
     model, sets, tok = setup
     idx, arch = _run(model, sets, tok, tmp_path)
     rows = sorted(read_scores(tmp_path / "gas.jsonl"), key=lambda r: r["index"])
-    assert len(list((tmp_path / "gas").glob("*.safetensors"))) == 24
+    assert len(list((tmp_path / "gas").glob("*.safetensors"))) == 32
     ref = score_each_candidate(model, PREV, CFG.growth, sets, tok)
     assert [r["accuracy"] for r in rows] == pytest.approx(ref, abs=1e-9)
     # independent: a standalone model of the candidate, built from sliced weights, through evaluate()

@@ -45,7 +45,7 @@ def test_step2_runs_every_phase_and_ranks_agree_under_zero3(run):
 
 def test_growth_records_what_it_kept(run, tiny_data):
     """pim1/pim3 done.json: loss on the fixed batch and selection top-1 of the old and grown model;
-    the old model's loss recomputed here from step 1's weights and the first samples of D^2."""
+    the old model's loss recomputed here from step 1's weights and the first samples of step 2's new data."""
     from growclip_ds.data.loader import first_samples
     from growclip_ds.data.manifest import Manifest
     from growclip_ds.loss import clip_loss
@@ -59,7 +59,7 @@ def test_growth_records_what_it_kept(run, tiny_data):
     sd, arch = read_model(run / "step1")
     model = GrowCLIP(arch, seed=None)
     model.load_state_dict(sd)
-    shards = [e.path for e in Manifest.load(tiny_data).shards(2)]
+    shards = [e.path for e in Manifest.load(tiny_data).shards([2])]
     batch = first_samples(shards, cfg.train.global_batch, arch.image_size, load_tokenizer(cfg, arch))
     assert batch["images"].shape[0] == cfg.train.global_batch
     with torch.no_grad():
@@ -148,7 +148,10 @@ def test_plan_and_report_of_the_run(run, tiny_data):
 
     cfg = load_config("tiny", [f"data.root={tiny_data}"])
     text = plan_next_step(cfg, run)
-    assert "growth step 3 of 4" in text and "64 candidates" in text and "24 encoder variants" in text
+    assert "growth step 3 of 4" in text and "64 candidates" in text and "32 encoder variants" in text
+    kept = json.loads((run / "step2" / "pim1" / "done.json").read_text())["kept"]
+    assert f"kept at step 2 pim1 (pim): loss {kept['old']['loss']:.3f} -> {kept['grown']['loss']:.3f}" in text
+    assert "inheritance at step 3: the paper's PIM" in text
     rows = step_rows(run)
     assert [r["step"] for r in rows][:2] == [1, 2]
     # every training phase's analytic FLOPs are summed per step: step 2 = supernet + sample + final
@@ -156,6 +159,8 @@ def test_plan_and_report_of_the_run(run, tiny_data):
     assert rows[1]["train_flops"] == sum(p["train_flops"] for p in phases) > 0
     md = write_report(run)
     assert (run / "report.png").stat().st_size > 0 and "GAS at step 2" in md.read_text()
+    loss = f"{kept['old']['loss']:.3f} -> {kept['grown']['loss']:.3f}"
+    assert f"| 2 | PIM@1: step t-1 model -> supernet | pim | {loss} |" in md.read_text()
 
 
 def test_preserve_through_deepspeed_keeps_the_function(run, tiny_data, tmp_path):

@@ -7,10 +7,12 @@ import torch
 
 from growclip_ds.config import PRESETS
 from growclip_ds.growth import space
+from growclip_ds.growth.pim import rand_draw
 from growclip_ds.growth.preserve import preserve
 from growclip_ds.growth.slicing import slice_state_dict
 from growclip_ds.loss import clip_loss
 from growclip_ds.model import GrowCLIP
+from growclip_ds.model.roles import arch_specs
 
 DEPTH_ONLY = 1 + 4 + 8 + 32          # image blocks, conv layers, text blocks, shared blocks: no new heads
 WIDTH_BOUND = 5e-4                   # measured: <= 1e-4 on unit-norm features (LayerNorm eps, fp32 rounding)
@@ -72,7 +74,8 @@ def test_zero_started_weights_get_gradients_and_shrinking_is_slicing():
     sup = space.supernet(arch, growth)
     state = preserve(old.state_dict(), arch, sup, seed=4)
     new_block = f"image.blocks.{arch.img_blocks}"
-    assert torch.all(state[f"{new_block}.attn.proj.weight"] == 0) and torch.all(state[f"{new_block}.mlp.fc2.weight"] == 0)
+    assert torch.all(state[f"{new_block}.attn.proj.weight"] == 0)
+    assert torch.all(state[f"{new_block}.mlp.fc2.weight"] == 0)
     assert torch.all(state[f"image.stem_layers.{arch.img_conv_layers}.gate"] == 0)
     assert torch.all(state["shared.blocks.0.mlp.fc2.weight"] == 0)
     w = arch.img_width
@@ -83,11 +86,29 @@ def test_zero_started_weights_get_gradients_and_shrinking_is_slicing():
     loss = clip_loss(*model(*_inputs(arch)), gather=False)
     loss.backward()
     grads = dict(model.named_parameters())
-    for name, part in ((f"{new_block}.attn.proj.weight", slice(None)), (f"{new_block}.mlp.fc2.weight", slice(None)),
-                       (f"image.stem_layers.{arch.img_conv_layers}.gate", slice(None)),
-                       ("shared.blocks.0.attn.proj.weight", slice(None)), ("text.blocks.0.mlp.fc2.weight", slice(None))):
-        assert grads[name].grad[part].abs().sum() > 0, name
+    for name in (f"{new_block}.attn.proj.weight", f"{new_block}.mlp.fc2.weight",
+                 f"image.stem_layers.{arch.img_conv_layers}.gate", "shared.blocks.0.attn.proj.weight",
+                 "text.blocks.0.mlp.fc2.weight"):
+        assert grads[name].grad.abs().sum() > 0, name
     assert grads["image.blocks.0.attn.proj.weight"].grad[:, w:].abs().sum() > 0
     cand = space.candidate(arch, growth, 0b101010)
     assert all(torch.equal(a, b) for a, b in zip(preserve(state, sup, cand).values(),
                                                   slice_state_dict(state, sup, cand).values()))
+
+
+def test_exploration_term_perturbs_inherited_weights_only():
+    arch, growth = _preset("tiny")
+    old = _trained_like(arch)
+    sup = space.supernet(arch, growth)
+    exact = preserve(old.state_dict(), arch, sup, seed=4)
+    noisy = preserve(old.state_dict(), arch, sup, seed=4, gamma=1e-3)
+
+    name = "text.blocks.0.mlp.fc1.weight"
+    spec = arch_specs(sup)[name][1]
+    o = old.state_dict()[name]
+    rows, cols = o.shape
+    delta = (noisy[name] - exact[name])[:rows, :cols]
+    torch.testing.assert_close(delta, 1e-3 * rand_draw(name, spec, tuple(exact[name].shape), 4)[:rows, :cols])
+    new_block = f"text.blocks.{arch.txt_blocks}.attn.proj.weight"
+    assert torch.all(noisy[new_block] == 0)                                   # new blocks still start as the identity
+    assert torch.equal(noisy["image.blocks.0.ln1.weight"], exact["image.blocks.0.ln1.weight"])   # gains: no noise

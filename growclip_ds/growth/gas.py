@@ -4,8 +4,8 @@
 
 A is the mean zero-shot top-1 over the selection tasks. An image embedding depends only on
 (conv layers, image blocks, image heads, shared blocks) and a text embedding only on (text blocks,
-text heads, shared blocks), so 16 image and 8 text encoder passes score all 64 candidates.
-The 24 passes are spread over all ranks; each finished variant is saved under ``gas/`` and each
+text heads, shared blocks, image heads: the shared width is the image width), so 16 image and 16
+text encoder passes score all 64 candidates. The 32 passes are spread over all ranks; each finished variant is saved under ``gas/`` and each
 score appended to ``gas.jsonl`` as soon as it is known, so a restarted GAS redoes neither.
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ def accuracy(img: dict, cls: dict, sets) -> float:
 
 
 def variants(prev: ArchConfig, growth: GrowthConfig) -> list[tuple[str, tuple, ArchConfig]]:
-    """The 16 image and 8 text variants, each with one candidate that realises it."""
+    """The 16 image and 16 text variants, each with one candidate that realises it."""
     out, seen = [], set()
     for c in space.candidates(prev, growth):
         for kind, key in (("img", space.image_variant(c)), ("txt", space.text_variant(c))):
@@ -98,7 +98,7 @@ def _score_all(prev, growth, sets, folder: Path, jsonl: Path, prev_params, n_pre
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         os.replace(tmp, jsonl)
     done = {r["index"] for r in rows}
-    loaded: dict[Path, dict] = {}  # each of the 24 variant files is read once, not once per candidate
+    loaded: dict[Path, dict] = {}  # each of the 32 variant files is read once, not once per candidate
 
     def load(kind: str, key: tuple) -> dict:
         f = _variant_file(folder, kind, key)

@@ -1,11 +1,11 @@
-"""What a growth keeps, measured before any training (GROWCLIP.md section 4b).
+"""What a growth keeps, measured before any training (docs/growth.md).
 
     kept = measure_kept(old, grown, batch, sets, tokenizer)
     # {"old": {"loss": L, "top1": A}, "grown": {"loss": L, "top1": A}}
 
 ``old`` and ``grown`` are plain models with their architectures set; ``loss`` is the contrastive
-loss on one fixed training batch (the same on every rank, not gathered), ``top1`` the mean zero-shot
-top-1 over the selection split's tasks (never the test split). Every rank must call it: the
+loss on one fixed batch of step t's new training data (the same on every rank, not gathered),
+``top1`` the mean zero-shot top-1 over the selection split's tasks (never the test split). Every rank must call it: the
 evaluation is spread over ranks.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Function-preserving inheritance (GROWCLIP.md section 4b), a pure function on full state dicts.
+"""Function-preserving inheritance (docs/growth.md), a pure function on full state dicts.
 
     new = preserve(old_state, old_arch, new_arch, seed=s)     # new model computes the old function
 
@@ -33,11 +33,15 @@ import torch
 
 from ..config import ArchConfig
 from ..model.roles import RESIDUAL_OUT, STREAM_DIM, Role, arch_specs
-from .pim import pim, source_name
+from .pim import pim, rand_draw, source_name
 
 
 @torch.no_grad()
-def preserve(old_state: dict, old_arch: ArchConfig, new_arch: ArchConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+def preserve(old_state: dict, old_arch: ArchConfig, new_arch: ArchConfig, seed: int = 0,
+             gamma: float = 0.0) -> dict[str, torch.Tensor]:
+    """``gamma`` > 0 adds the paper's exploration term gamma x w_rand to the inherited part of every
+    normally initialised tensor (not to what starts at zero): the function is then kept only to
+    within that perturbation (``growth.preserve_gamma``; 0 by default)."""
     out = pim(old_state, old_arch, new_arch, beta=1.0, gamma=0.0, seed=seed, copy_logit_scale=True)
     for name, (shape, spec) in arch_specs(new_arch).items():
         t = out[name]
@@ -48,6 +52,9 @@ def preserve(old_state: dict, old_arch: ArchConfig, new_arch: ArchConfig, seed: 
         if src is None:
             continue
         old_shape = tuple(old_state[src].shape)
+        if gamma > 0 and spec.decays:
+            overlap = tuple(slice(0, min(a, b)) for a, b in zip(old_shape, shape))
+            t[overlap] += gamma * rand_draw(name, spec, shape, seed)[overlap]
         if spec.role == Role.WRITER and t.shape[1] > old_shape[1]:
             t[:, old_shape[1]:] = 0.0          # new heads / hidden units write nothing into the stream yet
         if spec.role in STREAM_DIM:

@@ -2,7 +2,7 @@
 
 Each encoder is built at its largest size and runs any smaller size set by ``set_active``.
 Image and text encoders return token sequences at their own width; each owns the projection
-``proj`` to the shared width D^S (= the image width, GROWCLIP.md section 2), which ``GrowCLIP``
+``proj`` to the shared width D^S (= the image width of the architecture), which ``GrowCLIP``
 applies (see ``to_shared``).
 """
 from __future__ import annotations
