@@ -31,7 +31,8 @@ def main() -> None:
 
     from growclip_ds.config import load_config
     from growclip_ds.data.tokenizer import TextTokenizer
-    from growclip_ds.eval.evaluate import EvalSets
+    from growclip_ds.config import replace
+    from growclip_ds.eval.evaluate import selection_sets
     from growclip_ds.growth import space
     from growclip_ds.growth.gas import read_scores, run_gas, score_each_candidate
     from growclip_ds.model import GrowCLIP, param_count
@@ -41,9 +42,9 @@ def main() -> None:
     root = Path(args.data or cfg.data.root)
     sup = space.supernet(cfg.arch, cfg.growth)
     model = GrowCLIP(sup, seed=0)
-    sets = EvalSets(root, sup.image_size, split="selection", retrieval=False)
+    sets = selection_sets(replace(cfg.data, root=str(root)), sup.image_size)
     tok = TextTokenizer(root / "tokenizer", sup.context_length)
-    n_img = sum(len(t["images"]) for t in sets.tasks.values())
+    n_img = sum(len(d) for d in sets.sets)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         run_gas(model, cfg.arch, cfg.growth, sets, tok, Path(tmp), param_count(cfg.arch), 1, 2, progress=False)

@@ -35,6 +35,7 @@ from benchmarks.common import REPO, machine  # noqa: E402
 from growclip_ds.cli import launch_env  # noqa: E402
 from growclip_ds.compare import TABLE5  # noqa: E402
 from growclip_ds.config import load_config  # noqa: E402
+from growclip_ds.eval.sets import list_sets  # noqa: E402
 from growclip_ds.growth.space import FACTORS  # noqa: E402
 from growclip_ds.methods import RECIPES  # noqa: E402
 from growclip_ds.pipeline import ABLATIONS  # noqa: E402
@@ -255,11 +256,11 @@ def main() -> int:
     if not (Path(cfg.data.root) / "manifest.parquet").exists():
         subprocess.run([sys.executable, "-m", "growclip_ds.cli", "data", "make", "--config", args.config]
                        + sum((["--set", s] for s in sets), []), check=True, env=launch_env())
-    tasks = json.loads((Path(cfg.data.root) / "eval" / "tasks.json").read_text())
-    if "patching" in methods and "selection_retrieval" not in tasks:   # fail now, not 20 minutes in
-        raise SystemExit(f"{cfg.data.root}/eval/tasks.json has no 'selection_retrieval' set, which patching "
-                         "chooses its alpha on (data made by an older version): remake it with "
-                         f"`growclip-ds data make --config {args.config} --force` (same shards, one more eval set)")
+    if "patching" in methods and not any(s.kind == "retrieval" for s in list_sets(cfg.data.root, cfg.data.eval,
+                                                                                "selection")):
+        raise SystemExit(f"no selection retrieval set in {cfg.data.root}/eval/sets.json or data.eval, which "
+                         "patching chooses its alpha on: remake the data (`growclip-ds data make --config "
+                         f"{args.config} --force`) or split it again (`growclip-ds data split`)")
     modes = [m for m in args.inherit.split(",") if m]
     tables = set() if args.no_tables else {t.strip() for t in args.tables.split(",") if t.strip()}
     runs = plan(cfg, methods, last, tables, modes)

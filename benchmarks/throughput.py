@@ -39,7 +39,7 @@ def batches(args, cfg, rank: int, world: int, device):
             yield images, tokens
     from growclip_ds.data.loader import EpochPlan, make_loader
     from growclip_ds.data.manifest import Manifest
-    from growclip_ds.train.loop import load_tokenizer
+    from growclip_ds.data.tokenizer import load_tokenizer
 
     shards = [e.path for e in Manifest.load(cfg.data.root).shards(cfg.data.num_steps)]
     plan = EpochPlan(shards=shards, seed=0, epoch=0, rank=rank, world=world, micro_batch=t.micro_batch,

@@ -10,3 +10,10 @@ __version__ = "0.1.0"
 # them there). An explicit TORCH_EXTENSIONS_DIR wins.
 if _sys.prefix != _sys.base_prefix:
     _os.environ.setdefault("TORCH_EXTENSIONS_DIR", _os.path.join(_sys.prefix, "torch_extensions"))
+
+
+def load(step_dir, device="cpu", tokenizer=None):
+    """(model, image transform, tokenizer) of a finished step folder: growclip_ds/factory.py."""
+    from .factory import load as _load
+
+    return _load(step_dir, device, tokenizer)

@@ -1,7 +1,7 @@
 """``growclip-ds``: data, evaluation and the demo job.
 
     growclip-ds data make --config demo            # built-in growing corpus -> data/builtin
-    growclip-ds data split /path/to/img2dataset --steps 4
+    growclip-ds data split /path/to/img2dataset --steps 4 [--sizes 4,2,1,1 | --by year]
     growclip-ds eval runs/demo/step1 --config demo
     growclip-ds demo                               # make data, grow over all steps on 2 ranks, report
     growclip-ds plan runs/demo --config demo       # what the next growth step would do, and its cost
@@ -37,26 +37,39 @@ def _data_make(args) -> int:
 
 
 def _data_split(args) -> int:
-    from .data.manifest import split_shards
+    from .data.split import split_corpus
 
-    m = split_shards(args.root, args.steps, args.seed)
-    for t in range(1, args.steps + 1):
-        print(f"step {t}: {len(m.shards([t]))} shards, N^{t} = {m.num_samples(t)}")
-    print(f"wrote {Path(args.root) / 'manifest.parquet'}")
+    root = Path(args.root)
+    if (root / "manifest.parquet").exists() and not args.force:
+        print(f"{root}/manifest.parquet exists (runs may have trained on it); use --force to split again")
+        return 2
+    sizes = [float(x) for x in args.sizes.split(",")] if args.sizes else None
+    steps = args.steps if args.steps is not None else (len(sizes) if sizes else None if args.by else 4)
+    if sizes and steps != len(sizes):
+        raise ValueError(f"--sizes has {len(sizes)} entries for --steps {steps}")
+    m = split_corpus(root, steps, sizes, args.by, args.holdout, args.seed, vocab_size=args.vocab_size,
+                     tokenizer=not args.no_tokenizer)
+    for t in range(1, m.num_steps + 1):
+        print(f"step {t}: {len(m.shards([t]))} shards, {m.num_samples([t]):,} new samples, N^{t} = {m.num_samples(t):,}")
+    print(f"held out {len(m.holdout)} samples (eval/test/retrieval, eval/selection/retrieval; never trained on)")
+    print(f"wrote {root / 'manifest.parquet'} and {root / 'eval' / 'sets.json'}")
     return 0
 
 
 def _eval(args) -> int:
     from .eval.evaluate import EvalSets, evaluate
-    from .model import GrowCLIP
+    from .config import replace
+    from .factory import build, run_tokenizer_dir
     from .train.checkpoint import read_model
-    from .train.loop import load_tokenizer
+    from .data.tokenizer import load_tokenizer
 
     cfg = load_config(args.config, args.set)
     sd, arch = read_model(Path(args.model))
-    model = GrowCLIP(arch)
-    model.load_state_dict(sd)
-    res = evaluate(model, EvalSets(cfg.data.root, arch.image_size, split=args.split), load_tokenizer(cfg, arch))
+    model = build(sd, arch)
+    if run_tokenizer_dir(args.model).exists():   # the vocabulary the run was trained with
+        cfg = replace(cfg, data=replace(cfg.data, tokenizer=str(run_tokenizer_dir(args.model))))
+    role = "selection" if args.split == "selection" else "test"
+    res = evaluate(model, EvalSets(cfg.data, arch.image_size, role=role), load_tokenizer(cfg, arch))
     print(json.dumps(res, indent=1))
     return 0
 
@@ -142,16 +155,31 @@ def main(argv=None) -> int:
     mk.add_argument("--seed", type=int, default=0)
     mk.add_argument("--force", action="store_true")
     mk.set_defaults(fn=_data_make)
-    sp = data.add_parser("split", help="growth manifest from an img2dataset folder (random equal split)")
-    sp.add_argument("root")
-    sp.add_argument("--steps", type=int, default=4)
+    sp = data.add_parser("split", help="an img2dataset folder -> growth steps, held-out evaluation sets and a "
+                                       "tokenizer (growclip_ds/data/split.py)")
+    sp.add_argument("root", help="the img2dataset output folder (NNNNN.tar + NNNNN.parquet)")
+    sp.add_argument("--steps", type=int, default=None, help="growth steps (default 4; with --by: one per value)")
+    sp.add_argument("--sizes", default=None, metavar="W1,W2,...",
+                    help="relative step sizes, e.g. 4,2,1,1 (default: equal)")
+    sp.add_argument("--by", default=None, metavar="COLUMN",
+                    help="steps from this parquet/json column (e.g. year, from img2dataset's "
+                         "--save_additional_columns), oldest first")
+    sp.add_argument("--holdout", type=int, default=None, metavar="N",
+                    help="held-out pairs in each of the test and selection sets (default: 5%% of the "
+                         "samples, at most 1000)")
+    sp.add_argument("--vocab-size", type=int, default=49408,
+                    help="model vocabulary of the BPE trained on step 1's captions (arch.vocab_size must be "
+                         ">= it; the demo preset has 512)")
+    sp.add_argument("--no-tokenizer", action="store_true", help="do not train a tokenizer (set data.tokenizer)")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--force", action="store_true", help="split again although a manifest exists")
     sp.set_defaults(fn=_data_split)
 
     ev = sub.add_parser("eval", parents=[common], help="zero-shot and retrieval eval of a consolidated model")
     ev.add_argument("model", help="a step folder holding model.safetensors and arch.json")
-    ev.add_argument("--split", default="zero_shot", choices=("zero_shot", "selection"),
-                    help="zero_shot: the test split (report numbers); selection: the split choices are made on")
+    ev.add_argument("--split", default="test", choices=("test", "zero_shot", "selection"),
+                    help="test (alias zero_shot): the sets numbers are reported on; selection: those choices are "
+                         "made on")
     ev.set_defaults(fn=_eval)
 
     dm = sub.add_parser("demo", parents=[common], help="the main job: data, training on N ranks, report")

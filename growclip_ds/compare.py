@@ -215,9 +215,9 @@ def kept_summary(runs: list[RunRecord]) -> list[str]:
         return []
     return ["## What growth kept, before any training", "",
             "pim1: the step t-1 model -> the supernet; pim3: the chosen candidate as it was inside the trained "
-            "supernet -> the chosen net. Loss on one fixed batch of step t's new training data; mean zero-shot "
-            "top-1 on the selection split.", "",
-            "| run | step | growth | inheritance | loss old -> grown | selection top-1 old -> grown |",
+            "supernet -> the chosen net. Loss on one fixed batch of step t's new training data; selection accuracy "
+            "(GAS's A: mean zero-shot top-1 on the selection split, or mean R@1 with retrieval sets only).", "",
+            "| run | step | growth | inheritance | loss old -> grown | selection accuracy old -> grown |",
             "|---|---|---|---|---|---|", *rows]
 
 

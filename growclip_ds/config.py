@@ -108,7 +108,10 @@ class TrainConfig:
     zero_stage: int = 2
     precision: str = "fp32"       # "fp32" (CPU), "bf16" or "fp16" (GPU)
     seed: int = 0
-    checkpoint_every: int = 0     # optimizer steps between checkpoints; 0: only at the end
+    checkpoint_every: int = 0     # optimizer steps between checkpoints; 0: by time only (and at the end)
+    checkpoint_every_minutes: float = 30.0   # wall minutes between checkpoints; 0: by steps only
+    keep_checkpoints: int = 3     # verified checkpoints kept per phase (the newest; 0: all)
+    max_nonfinite: int = 10       # NaN/inf-loss steps in a row before the phase aborts (train/nonfinite.py)
     log_every: int = 10
     grad_checkpointing: bool = False
 
@@ -135,6 +138,10 @@ class TrainConfig:
         _check(self.precision in ("fp32", "bf16", "fp16"), f"{prefix}.precision",
                "must be 'fp32', 'bf16' or 'fp16'", self.precision)
         _check(self.checkpoint_every >= 0, f"{prefix}.checkpoint_every", "must be >= 0", self.checkpoint_every)
+        _check(self.checkpoint_every_minutes >= 0, f"{prefix}.checkpoint_every_minutes", "must be >= 0",
+               self.checkpoint_every_minutes)
+        _check(self.keep_checkpoints >= 0, f"{prefix}.keep_checkpoints", "must be >= 0", self.keep_checkpoints)
+        _check(self.max_nonfinite >= 0, f"{prefix}.max_nonfinite", "must be >= 0", self.max_nonfinite)
         _check(self.log_every >= 1, f"{prefix}.log_every", "must be >= 1", self.log_every)
         return self
 
@@ -153,9 +160,13 @@ class DataConfig:
 
     root: str = "data/builtin"        # folder holding manifest.parquet (or img2dataset shards)
     tokenizer: str = ""               # tokenizer folder; empty: <root>/tokenizer
+    eval: tuple[dict, ...] = ()       # evaluation sets [{name, path, kind, role}]; empty: <root>/eval/sets.json
     num_workers: int = 0              # DataLoader workers per rank
     resample: bool = True             # draw shards with replacement (seeded per epoch/rank/worker)
     shuffle_buffer: int = 256
+    max_bad_in_row: int = 1000        # undecodable samples in a row before a rank stops (0: no bound)
+    max_idle_minutes: float = 10.0    # minutes without a decodable sample before a rank stops (0: no bound)
+    warn_bad_fraction: float = 0.01   # warn at the end of a phase when more samples than this were skipped
     # built-in corpus generator (growclip-ds data make)
     num_steps: int = 4                # T, growth steps of the built-in corpus
     samples_per_step: int = 2048
@@ -170,6 +181,17 @@ class DataConfig:
             _check(isinstance(v, int) and v >= 1, f"{prefix}.{f}", "must be an integer >= 1", v)
         _check(self.num_workers >= 0, f"{prefix}.num_workers", "must be >= 0", self.num_workers)
         _check(self.shuffle_buffer >= 0, f"{prefix}.shuffle_buffer", "must be >= 0", self.shuffle_buffer)
+        _check(self.max_bad_in_row >= 0, f"{prefix}.max_bad_in_row", "must be >= 0", self.max_bad_in_row)
+        _check(self.max_idle_minutes >= 0, f"{prefix}.max_idle_minutes", "must be >= 0", self.max_idle_minutes)
+        _check(0 <= self.warn_bad_fraction <= 1, f"{prefix}.warn_bad_fraction", "must be in [0, 1]",
+               self.warn_bad_fraction)
+        from .eval.sets import SetSpec
+
+        try:
+            names = [(s.role, s.name) for s in (SetSpec.parse(d, f"{prefix}.eval") for d in self.eval)]
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        _check(len(set(names)) == len(names), f"{prefix}.eval", "set names must be unique within a role", names)
         return self
 
 
@@ -306,6 +328,12 @@ def _coerce(ftype: Any, value: Any, name: str) -> Any:
             return int(value)
         if t == "float":
             return float(value)
+        if t == "tuple[dict, ...]":
+            if isinstance(value, str):
+                value = json.loads(value)
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(value)
+            return tuple(dict(v) if isinstance(v, dict) else v for v in value)
         if t == "tuple":
             if isinstance(value, str):
                 value = json.loads(value)
@@ -381,6 +409,9 @@ def load_config(source: str, overrides: list[str] | None = None) -> RunConfig:
         if "preset" in d:  # a file may start from a preset and change a few fields
             base = load_config(d.pop("preset")).to_dict()
             for sec, vals in d.items():
+                if sec not in base:
+                    raise ConfigError(f"{path}: {sec}: unknown config section; known: "
+                                      f"{', '.join(k for k in base if k != 'name')}, name, preset")
                 base[sec] = {**base[sec], **vals} if isinstance(vals, dict) else vals
             d = base
     for ov in overrides or []:

@@ -34,6 +34,15 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
+def any_ranks(*flags: bool) -> tuple[bool, ...]:
+    """Each flag true on every rank if true on any rank: several agreements in one all-reduce."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tuple(bool(f) for f in flags)
+    t = torch.tensor([int(bool(f)) for f in flags])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return tuple(bool(v) for v in t.tolist())
+
+
 def check_same(value: int, what: str, where: str) -> None:
     """Abort with every rank's value unless all ranks hold the same ``value`` (one all-gather)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:

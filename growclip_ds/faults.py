@@ -5,13 +5,17 @@
     GROWCLIP_FAULT="consolidate@0" / "gas@1:2" (after its 2nd variant file)
 
     GROWCLIP_FAULT="datastep@1"   # rank 1 reports an optimizer step one ahead (ranks disagree)
+    GROWCLIP_FAULT="nospace@1:4"  # rank 1's writes of the checkpoint of step 4 fail with ENOSPC
+    GROWCLIP_FAULT_DELAY=0.4      # sleep 0.4 s after every optimizer step (time for a test's signal)
 
 Kill points: train, save, consolidate, gas. Unset (the normal case), each call is a dict lookup.
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import time
 
 ENV = "GROWCLIP_FAULT"
 
@@ -37,3 +41,32 @@ def skew(point: str) -> int:
     from .distributed import rank_world
 
     return int(name == point and int(rank or 0) == rank_world()[0])
+
+
+def _named(point: str, count: int | None) -> bool:
+    spec = os.environ.get(ENV, "")
+    where, _, n = spec.partition(":")
+    name, _, rank = where.partition("@")
+    from .distributed import rank_world
+
+    return bool(spec) and name == point and int(rank or 0) == rank_world()[0] and (not n or count == int(n))
+
+
+def delay() -> None:
+    if os.environ.get(f"{ENV}_DELAY"):
+        time.sleep(float(os.environ[f"{ENV}_DELAY"]))
+
+
+def disk_full(engine, count: int) -> None:
+    """``nospace@R:N``: on rank R, make the checkpoint of step N fail inside DeepSpeed's file writes,
+    where a full disk fails (after DeepSpeed's own barriers have begun, as a real ENOSPC would)."""
+    if not _named("nospace", count):
+        return
+    ce = engine.checkpoint_engine
+    real = ce.save
+
+    def save(state_dict, path, *a, **k):
+        if "optim_states" in str(path):
+            raise OSError(errno.ENOSPC, f"No space left on device (injected): {path}")
+        return real(state_dict, path, *a, **k)
+    ce.save = save

@@ -129,18 +129,17 @@ def patch_step(cfg: RunConfig, step: int, run_dir: Path, progress: bool = True) 
     trained one whose alpha scores best on the selection retrieval sets of the old steps (< t,
     ``method.patch_select="old"``) or of all seen steps (<= t, "seen"). Returns (state, record)."""
     from .eval.evaluate import EvalSets, evaluate
-    from .model import GrowCLIP
-    from .train.loop import load_tokenizer
+    from .factory import build
+    from .data.tokenizer import load_tokenizer
 
     old, arch = checkpoint.read_model(Path(run_dir) / f"step{step - 1}")
     new, _ = checkpoint.read_model(Path(run_dir) / f"step{step}" / "train")
-    sets = EvalSets(cfg.data.root, arch.image_size, split="selection", tasks=False)
+    sets = EvalSets(cfg.data, arch.image_size, role="selection", kinds=("retrieval",))
     tok = load_tokenizer(cfg, arch)
     last = step - 1 if cfg.method.patch_select == "old" else step
     scores = {}
     for alpha in cfg.method.alphas():
-        model = GrowCLIP(arch)
-        model.load_state_dict(interpolate(old, new, alpha))
+        model = build(interpolate(old, new, alpha), arch)
         by_step = evaluate(model, sets, tok)["retrieval_by_step"]
         scores[alpha] = sum(by_step[str(j)]["mean_R@1"] for j in range(1, last + 1)) / last
         if progress and rank_world()[0] == 0:

@@ -35,10 +35,12 @@ from .growth.gas import run_gas
 from .growth.kept import describe as describe_kept, measure_kept
 from .growth.pim import pim
 from .growth.preserve import preserve
-from .model import GrowCLIP, param_count
+from .model import param_count
 from .model.init import name_seed
 from .train import checkpoint
-from .train.loop import Phase, finish_step, load_tokenizer, run_phase
+from .data.tokenizer import load_tokenizer
+from .factory import build
+from .train.loop import Phase, finish_step, run_phase
 
 ABLATIONS = ("pim1", "st", "gas", "pim3")
 
@@ -79,13 +81,6 @@ def _mark_done(run_dir: Path, step: int, phase: str, info: dict) -> None:
     if rank_world()[0] == 0:
         checkpoint.atomic_write_text(step_dir(run_dir, step) / phase / "done.json", json.dumps(info, indent=1))
     barrier()
-
-
-def load_plain(state: dict, arch: ArchConfig) -> GrowCLIP:
-    """A plain model of ``arch`` holding ``state``, without paying for an init first."""
-    model = GrowCLIP(arch, seed=None)
-    model.load_state_dict(state)
-    return model
 
 
 def _shared_init(path: Path, make) -> dict:
@@ -144,9 +139,9 @@ class GrowthStep:
             torch.distributed.broadcast_object_list(flag, src=0)
         if not flag[0]:
             t0 = time.time()
-            old = load_plain(checkpoint.read_model(src_dir)[0], src_arch)
+            old = build(checkpoint.read_model(src_dir)[0], src_arch)
             old.set_arch(dst if which == "pim3" else src_arch)   # pim3: the choice as it was inside the supernet
-            kept = measure_kept(old, load_plain(state, dst), self.fixed_batch(), self.selection_sets(),
+            kept = measure_kept(old, build(state, dst), self.fixed_batch(), self.selection_sets(),
                                 self.tokenizer())
             if rank_world()[0] == 0:
                 print(f"[growclip_ds] step {self.t} {which} ({self.inheritance(which)['inherit']}): "
@@ -159,18 +154,18 @@ class GrowthStep:
         return load_tokenizer(self.cfg, self.super_arch)
 
     def selection_sets(self):
-        from .eval.evaluate import EvalSets
+        from .eval.evaluate import selection_sets
 
-        return EvalSets(self.cfg.data.root, self.super_arch.image_size, split="selection", retrieval=False)
+        return selection_sets(self.cfg.data, self.super_arch.image_size)
 
     def fixed_batch(self) -> dict:
         """The first min(global batch, 256) samples of step t's new data in shard order (training data
         of this step that the step t-1 model has not seen): what growth is scored on."""
         from .data.loader import first_samples
 
-        shards = [e.path for e in Manifest.load(self.cfg.data.root).shards([self.t])]
-        return first_samples(shards, min(self.cfg.train.global_batch, 256), self.super_arch.image_size,
-                             self.tokenizer())
+        m = Manifest.load(self.cfg.data.root)
+        return first_samples([e.path for e in m.shards([self.t])], min(self.cfg.train.global_batch, 256),
+                             self.super_arch.image_size, self.tokenizer(), exclude=m.holdout)
 
     def supernet_init(self) -> dict | None:
         """PIM@1: the step t-1 model grown into the supernet (NAS: none, a fresh init)."""
@@ -256,7 +251,8 @@ def _cost(res: dict, t0: float) -> dict:
     device-seconds (step time x ranks, summed over resumes) and samples per data source in all."""
     return {"wall_s": time.time() - t0, "steps": res["total_steps"], "samples_seen": res["samples_seen"],
             "train_flops": res["train_flops"], "device_s": res["device_s"],
-            "samples_by_source": res.get("samples_by_source", {})}
+            "samples_by_source": res.get("samples_by_source", {}),
+            "nonfinite_steps": res.get("nonfinite_steps", 0), "bad_fraction": res.get("bad_fraction", 0.0)}
 
 
 def _fixed_choice(gs: GrowthStep, candidate: int | None) -> ArchConfig:
@@ -299,12 +295,11 @@ def _run_baseline(cfg: RunConfig, recipe, step: int, run_dir: Path, phase: str, 
 
 
 def _run_gas(cfg: RunConfig, gs: GrowthStep, progress: bool, t0: float) -> dict:
-    from .eval.evaluate import EvalSets
+    from .eval.evaluate import selection_sets
 
     sd, arch = checkpoint.read_model(gs.latest_supernet_dir())
-    model = GrowCLIP(arch)
-    model.load_state_dict(sd)
-    sets = EvalSets(cfg.data.root, arch.image_size, split="selection", retrieval=False)
+    model = build(sd, arch)
+    sets = selection_sets(cfg.data, arch.image_size)
     with torch.no_grad():
         idx, chosen = run_gas(model, gs.prev_arch, cfg.growth, sets, load_tokenizer(cfg, arch), gs.dir,
                               param_count(gs.prev_arch), gs.n_prev, gs.n_now, progress)

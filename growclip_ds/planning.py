@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .config import RunConfig
 from .data.manifest import Manifest
+from .eval.evaluate import selection_sets
 from .growth import space
 from .growth.gas import variants
 from .model import param_count
@@ -73,9 +74,9 @@ def plan_next_step(cfg: RunConfig, run_dir: Path) -> str:
     s2 = plan_steps(cfg, n, g.sample_epochs)[1] * gb
     mean = sum(train_flops(c) for c in cands) / len(cands)
     cost("sample", s2, s2 * mean, "One uniformly drawn candidate per iteration (mean candidate cost).")
-    sel = json.loads((Path(cfg.data.root) / "eval" / "tasks.json").read_text())["selection"]
-    n_img = sum(len(t_["classes"]) for t_ in sel.values()) * cfg.data.eval_per_class
-    n_txt = sum(len(t_["classes"]) * len(t_["templates"]) for t_ in sel.values())
+    sel = selection_sets(cfg.data, prev.image_size).sets
+    n_img = sum(len(d) for d in sel)
+    n_txt = sum(len(d.prompts()) if d.kind == "zeroshot" else len(d.texts) for d in sel)
     gas_flops = sum(n_img * image_flops(c) if k == "img" else n_txt * text_flops(c) for k, _, c in variants(prev, g))
     naive = sum(n_img * image_flops(c) + n_txt * text_flops(c) for c in cands)
     lines.append(f"- gas: {len(variants(prev, g))} encoder variants over {n_img} images and {n_txt} prompts, {gas_flops / 1e12:.3f} TFLOP "

@@ -1,6 +1,6 @@
 """SLURM glue: nodelists to hostfiles, the rendezvous address and port, and the batch scripts.
 
-    python -m growclip_ds.slurm env            # in a batch script: prints export lines (eval them)
+    python -m growclip_ds.slurm env --out F -- ARGS   # in a batch script: export lines to source
     growclip-ds slurm runs/paper --step 3 --nodes 4 --gpus-per-node 8 [--mode hostfile] [--submit]
 
 The hostfile and MASTER_ADDR come from ``SLURM_JOB_NODELIST`` (first node), the port from the job
@@ -92,8 +92,8 @@ def master_port(job_id: int, base: int = 20000, span: int = 20000) -> int:
     return base + job_id % span
 
 
-def env_lines(environ=os.environ) -> str:
-    """Shell exports for the current allocation (run inside the batch script)."""
+def allocation_env(environ=os.environ) -> dict[str, str]:
+    """Rendezvous variables for the current allocation (run inside the batch script); writes the hostfile."""
     missing = [k for k in ("SLURM_JOB_NODELIST", "SLURM_JOB_ID") if k not in environ]
     if missing:
         raise SystemExit(f"{', '.join(missing)} not set: run this inside a SLURM allocation")
@@ -102,9 +102,34 @@ def env_lines(environ=os.environ) -> str:
     job = int(environ["SLURM_JOB_ID"])
     hostfile = Path(environ.get("GROWCLIP_HOSTFILE_DIR", ".")) / f"hostfile.{job}"
     hostfile.write_text(hostfile_text(hosts, gpus))
-    return "\n".join([f"export MASTER_ADDR={hosts[0]}", f"export MASTER_PORT={master_port(job)}",
-                      f"export GROWCLIP_NNODES={len(hosts)}", f"export GROWCLIP_GPUS_PER_NODE={gpus}",
-                      f"export GROWCLIP_HOSTFILE={hostfile.resolve()}"])
+    return {"MASTER_ADDR": hosts[0], "MASTER_PORT": str(master_port(job)), "GROWCLIP_NNODES": str(len(hosts)),
+            "GROWCLIP_GPUS_PER_NODE": str(gpus), "GROWCLIP_HOSTFILE": str(hostfile.resolve())}
+
+
+def run_env(grow_args: list[str]) -> dict[str, str]:
+    """The run folder ``launchers/grow.py`` will use for these arguments, by its own parser (so
+    ``--run-dir=X``, ``--run-dir X`` and a preset's default name all agree with the launcher), and
+    the number of growth steps of its data (the manifest's, else the config's)."""
+    import importlib.util
+
+    from .config import load_config
+    from .data.manifest import MANIFEST, Manifest
+
+    spec = importlib.util.spec_from_file_location("growclip_launcher", SCRIPTS.parent / "grow.py")
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+    args = launcher.parse_args([*grow_args, "--step", "1"])   # the folder does not depend on the step
+    cfg = load_config(args.config, args.set)
+    root = Path(cfg.data.root)
+    steps = Manifest.load(root).num_steps if (root / MANIFEST).exists() else cfg.data.num_steps
+    return {"GROWCLIP_RUN_DIR": str(Path(args.run_dir or f"runs/{cfg.name}")), "GROWCLIP_NUM_STEPS": str(steps)}
+
+
+def write_env_file(path: Path, env: dict[str, str]) -> None:
+    """``export K=V`` lines with every value shell-quoted: sourcing the file runs nothing."""
+    import shlex
+
+    Path(path).write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
 
 
 def batch_command(run_dir: str, step: int | None, config: str, nodes: int, gpus: int, mode: str,
@@ -124,10 +149,15 @@ def batch_command(run_dir: str, step: int | None, config: str, nodes: int, gpus:
 def main(argv=None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m growclip_ds.slurm")
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    p = argparse.ArgumentParser(prog="python -m growclip_ds.slurm", usage="%(prog)s env --out FILE -- GROW_ARGS...")
     p.add_argument("what", choices=("env",))
-    p.parse_args(argv)
-    print(env_lines())
+    p.add_argument("--out", required=True, help="file of export lines to source (values shell-quoted)")
+    a = p.parse_args(argv[:cut])
+    write_env_file(Path(a.out), {**allocation_env(), **run_env(argv[cut + 1:])})
     return 0
 
 

@@ -7,6 +7,8 @@
 
 The config is parsed and validated before any process group starts. Each step writes
 ``<run-dir>/step<t>/{model.safetensors, arch.json, eval.json}``; a re-run resumes where it stopped.
+Exit codes: 0 done, 2 bad config or input, 3 preempted (checkpointed; rerun to resume), 4 diverged
+(NaN/inf loss; ``latest`` is the last finite checkpoint), 5 undecodable data.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+DATA_EXIT = 5           # a rank's data stream yields nothing decodable (DataStall)
 EXEC_GEN = "GROWCLIP_EXEC_GEN"  # how many phases this rank process has already run (re-executions)
 
 
@@ -78,10 +81,17 @@ def main(argv=None) -> int:
 
     try:
         cfg = load_config(args.config, args.set)
-        if args.step < 1 or args.step > cfg.data.num_steps:
-            raise ConfigError(f"--step: must be in 1..data.num_steps={cfg.data.num_steps} (got {args.step})")
         world = int(os.environ.get("WORLD_SIZE", "1"))
         cfg.train.grad_accum(world)  # batch sizes must fit the world size: fail before any process group
+        from growclip_ds.data.manifest import Manifest
+
+        num_steps = Manifest.load(cfg.data.root).num_steps
+        from growclip_ds.eval.sets import list_sets
+
+        list_sets(cfg.data.root, cfg.data.eval)   # evaluation sets findable now, not after training
+        if args.step < 1 or args.step > num_steps:
+            raise ConfigError(f"--step: must be in 1..{num_steps}, the steps of {cfg.data.root}/manifest.parquet "
+                              f"(got {args.step})")
         ablate = {a for a in args.ablate.split(",") if a}
         from growclip_ds import methods
         from growclip_ds.growth.space import NUM_CANDIDATES
@@ -102,8 +112,14 @@ def main(argv=None) -> int:
         if args.step > 1 and not step_finished(run_dir, args.step - 1):
             raise ConfigError(f"--step {args.step}: step {args.step - 1} of {run_dir} is not finished "
                               f"({run_dir}/step{args.step - 1}/eval.json missing); run it first")
+        from growclip_ds.data.tokenizer import pin_to_run
+
+        cfg = pin_to_run(cfg, run_dir)   # the run's own tokenizer copy: one vocabulary from step 1 on
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     todo = [args.phase] if args.phase else pending_phases(run_dir, args.step, ablate, args.method, args.candidate)
     if not todo:
@@ -115,8 +131,19 @@ def main(argv=None) -> int:
     init_distributed()
     from growclip_ds.pipeline import run_phase_of_step
 
-    res = run_phase_of_step(cfg, args.step, run_dir, todo[0], ablate, progress=not args.no_progress,
-                            stop_after=args.stop_after_steps, method=args.method, candidate=args.candidate)
+    from growclip_ds.data.loader import DataStall
+    from growclip_ds.train.nonfinite import NONFINITE_EXIT, NonFiniteError
+
+    try:
+        res = run_phase_of_step(cfg, args.step, run_dir, todo[0], ablate, progress=not args.no_progress,
+                                stop_after=args.stop_after_steps, method=args.method, candidate=args.candidate)
+    except NonFiniteError as e:   # raised on every rank at the same step (the ranks agreed)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"[growclip_ds] diverged: {e}", file=sys.stderr, flush=True)
+        return NONFINITE_EXIT
+    except DataStall as e:        # this rank's data: the launcher stops the other ranks
+        print(f"[growclip_ds] rank {os.environ.get('RANK', '0')}: no usable data: {e}", file=sys.stderr, flush=True)
+        os._exit(DATA_EXIT)
     # Every rank leaves the group together: a rank exiting while gloo peers still talk to it can
     # abort them at teardown.
     import torch.distributed as dist

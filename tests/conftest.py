@@ -18,6 +18,12 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _checkpoint_key(tmp_path_factory):
+    """The suite's own checkpoint key (train/signing.py), inherited by every launched rank."""
+    os.environ["GROWCLIP_KEY_FILE"] = str(tmp_path_factory.mktemp("key") / "checkpoint.key")
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     from growclip_ds.config import PRESETS
@@ -49,9 +55,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], ranks: int = 2, launcher: str = "deepspeed", timeout: int = 300,
-           check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run launchers/grow.py on ``ranks`` local ranks through a real launcher (deepspeed or torchrun)."""
+def _launch_cmd(args: list[str], ranks: int, launcher: str, env: dict | None) -> tuple[list[str], dict]:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
     script = str(REPO / "launchers" / "grow.py")
     if launcher == "deepspeed":
@@ -60,7 +64,21 @@ def launch(args: list[str], ranks: int = 2, launcher: str = "deepspeed", timeout
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
                "--master_port", str(free_port()), script]
-    p = run_bounded(cmd + args + ["--no-progress"], env, timeout)
+    return cmd + args + ["--no-progress"], env
+
+
+def start(args: list[str], ranks: int = 2, env: dict | None = None) -> subprocess.Popen:
+    """launchers/grow.py through the deepspeed launcher, in the background (for signals mid-run)."""
+    cmd, env = _launch_cmd(args, ranks, "deepspeed", env)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def launch(args: list[str], ranks: int = 2, launcher: str = "deepspeed", timeout: int = 300,
+           check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run launchers/grow.py on ``ranks`` local ranks through a real launcher (deepspeed or torchrun)."""
+    cmd, env = _launch_cmd(args, ranks, launcher, env)
+    p = run_bounded(cmd, env, timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"launch failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
     return p

@@ -53,3 +53,13 @@ def test_launcher_rejects_bad_config_before_process_group(capsys, monkeypatch):
     assert rc == 2
     assert "train.global_batch" in capsys.readouterr().err
     assert not dist.is_initialized()
+
+
+def test_typo_in_a_preset_based_file_names_the_section(tmp_path):
+    f = tmp_path / "run.json"
+    f.write_text(json.dumps({"preset": "tiny", "trian": {"lr": 0.5}}))
+    with pytest.raises(ConfigError, match=r"trian: unknown config section; known: arch, train, data"):
+        load_config(str(f))
+    f.write_text(json.dumps({"preset": "tiny", "train": {"lr": 0.5, "warmup_stpes": 3}}))
+    with pytest.raises(ConfigError, match=r"train.warmup_stpes: unknown field"):
+        load_config(str(f))

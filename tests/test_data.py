@@ -4,6 +4,7 @@ import json
 import shutil
 import tarfile
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -11,7 +12,8 @@ import webdataset as wds
 from PIL import Image
 
 from growclip_ds.data.loader import EpochPlan, make_loader
-from growclip_ds.data.manifest import Manifest, split_shards
+from growclip_ds.data.manifest import Manifest
+from growclip_ds.data.split import split_corpus
 from growclip_ds.data.shards import write_shard
 from growclip_ds.data.tokenizer import TextTokenizer
 
@@ -35,21 +37,79 @@ def test_shards_read_back_with_tarfile_and_webdataset(tiny_data):
     assert [r["caption"] for r in table] == [s["txt"].decode() for s in samples]
 
 
-def test_manifest_growth_and_split(tiny_data, tmp_path):
+def _copy_corpus(m, folder, parquet=True):
+    """The tiny corpus's training shards as a user's img2dataset folder (no manifest, no eval, no tokenizer)."""
+    folder.mkdir()
+    for e in m.entries:
+        shutil.copy(e.path, folder)
+        if parquet:
+            shutil.copy(e.path.with_suffix(".parquet"), folder)
+    return folder
+
+
+def _all_keys(shards) -> list:
+    return [s["__key__"] for s in wds.tariterators.tarfile_samples(iter({"url": str(p)} for p in shards))]
+
+
+def test_split_carves_disjoint_heldout_sets_never_trained_on(tiny_data, tmp_path):
     m = Manifest.load(tiny_data)
     per = m.num_samples([1])
     assert [m.num_samples(t) for t in range(1, 5)] == [per, 2 * per, 3 * per, 4 * per]
     assert set(m.shards(2)) == set(m.shards([1])) | set(m.shards([2]))
-    folder = tmp_path / "i2d"
-    folder.mkdir()
-    for e in m.entries:
-        for suffix in (".tar", ".parquet"):
-            shutil.copy(e.path.with_suffix(suffix), folder)
-    a, b = split_shards(folder, 4, seed=7), split_shards(folder, 4, seed=7)
+    folder = _copy_corpus(m, tmp_path / "i2d")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    a = split_corpus(folder, 4, holdout=8, seed=7, vocab_size=512, progress=lambda _: None)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name in before} == before   # user files untouched
     assert [len(a.shards([t])) for t in range(1, 5)] == [len(m.entries) // 4] * 4
-    assert [(e.path.name, e.step) for e in a.entries] == [(e.path.name, e.step) for e in b.entries]
-    assert a.num_samples(4) == m.num_samples(4)
-    assert Manifest.load(folder).num_samples(2) == a.num_samples(2)
+    held = {s["__key__"]: s for s in wds.tariterators.tarfile_samples(
+        iter({"url": str(p)} for p in sorted((folder / "eval").glob("*/retrieval/*.tar"))))}
+    test_keys = set(_all_keys((folder / "eval" / "test" / "retrieval").glob("*.tar")))
+    sel_keys = set(_all_keys((folder / "eval" / "selection" / "retrieval").glob("*.tar")))
+    assert len(test_keys) == len(sel_keys) == 8 and not test_keys & sel_keys and a.holdout == test_keys | sel_keys
+    for k, s in held.items():   # 2 per step per role, each labelled with the step of its shard
+        assert json.loads(s["json"])["step"] == next(e.step for e in a.entries if k in e.holdout)
+    assert sorted(json.loads(held[k]["json"])["step"] for k in test_keys) == [1, 1, 2, 2, 3, 3, 4, 4]
+    assert a.num_samples(4) == m.num_samples(4) - 16
+    # the loader never yields a held-out key: one pass over every shard of every step
+    plan = EpochPlan(shards=[e.path for e in a.entries], seed=0, epoch=0, rank=0, world=1, micro_batch=16,
+                     batches=a.num_samples(4) // 16, resample=False, shuffle_buffer=1, exclude=a.holdout)
+    tok = TextTokenizer(folder / "tokenizer", 16)
+    seen = [k for b in make_loader(plan, 32, tok) for k in b["keys"]]
+    assert len(seen) == len(set(seen)) == a.num_samples(4) and not set(seen) & a.holdout
+    # a BPE trained on step 1's training captions, deterministic; the split too
+    assert tok.vocab_size <= 512 and tok(["a red circle"])[0, 0] > 0
+    b = split_corpus(tmp_path / "i2d", 4, holdout=8, seed=7, vocab_size=512, progress=lambda _: None)
+    assert [(e.path.name, e.step, e.holdout) for e in a.entries] == [(e.path.name, e.step, e.holdout) for e in b.entries]
+    assert Manifest.load(folder).holdout == a.holdout
+
+
+def test_split_unequal_sizes_and_by_column(tiny_data, tmp_path):
+    m = Manifest.load(tiny_data)
+    q = lambda _: None  # noqa: E731
+    u = split_corpus(_copy_corpus(m, tmp_path / "u"), 2, sizes=[3, 1], holdout=2, vocab_size=512, progress=q)
+    assert [len(u.shards([t])) for t in (1, 2)] == [12, 4]
+    # TiC-CLIP style, a column of img2dataset's parquet (--save_additional_columns): the built-in step
+    folder = _copy_corpus(m, tmp_path / "year")
+    for e in m.entries:
+        t = pq.read_table(folder / e.path.with_suffix(".parquet").name)
+        pq.write_table(t.append_column("year", pa.array([2000 + e.step] * t.num_rows)),
+                       folder / e.path.with_suffix(".parquet").name)
+    y = split_corpus(folder, None, by="year", holdout=4, vocab_size=512, progress=q)
+    assert {(e.path.name, e.step) for e in y.entries} == {(e.path.name, e.step) for e in m.entries}
+    # a column that varies inside shards (the scene's colour, from the tars' json): step-pure copies
+    folder = _copy_corpus(m, tmp_path / "colour", parquet=False)
+    c = split_corpus(folder, 2, by="colour", holdout=2, vocab_size=512, progress=q)
+    assert all(e.path.parent.name == "regrouped" for e in c.entries)
+    colours = {}
+    for e in c.entries:
+        for s in wds.tariterators.tarfile_samples(iter([{"url": str(e.path)}])):
+            colours.setdefault(json.loads(s["json"])["colour"], set()).add(e.step)
+    assert all(len(steps) == 1 for steps in colours.values())      # each value in exactly one step
+    order = sorted(colours)
+    assert [next(iter(colours[v])) for v in order] == sorted(next(iter(colours[v])) for v in order)  # oldest first
+    assert c.num_samples(2) + len(c.holdout) == m.num_samples(4)  # nothing dropped
+    with pytest.raises(ValueError, match="no column 'year'.*save_additional_columns"):
+        split_corpus(_copy_corpus(m, tmp_path / "noyear"), None, by="year", progress=q)
 
 
 def test_missing_shard_is_a_clear_error(tiny_data, tmp_path):

@@ -43,3 +43,13 @@ def test_prompt_ensemble_is_renormalised_mean():
     c = class_embeddings(p)
     s = 2 ** -0.5
     torch.testing.assert_close(c, torch.tensor([[s, s], [1.0, 0.0]]))
+
+
+def test_several_captions_per_image_by_hand():
+    # sim[i, j]: image i, caption j; captions 0 and 1 are image 0's, caption 2 is image 1's
+    sim = torch.tensor([[0.5, 0.9, 0.7], [0.8, 0.1, 0.6]])
+    m = retrieval_metrics(sim, torch.eye(3), text_image=[0, 0, 1], ks=(1, 2))
+    # image 0: its best caption (0.9) beats every other -> hit; image 1: its 0.6 is beaten by 0.8 -> rank 1
+    assert m["image_to_text"] == pytest.approx({"R@1": 0.5, "R@2": 1.0})
+    # caption 0: image 1 scores 0.8 > 0.5 -> miss; caption 1: hit; caption 2: image 0's 0.7 > 0.6 -> miss
+    assert m["text_to_image"] == pytest.approx({"R@1": 1 / 3, "R@2": 1.0})

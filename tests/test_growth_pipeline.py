@@ -50,7 +50,7 @@ def test_growth_records_what_it_kept(run, tiny_data):
     from growclip_ds.data.manifest import Manifest
     from growclip_ds.loss import clip_loss
     from growclip_ds.model import GrowCLIP
-    from growclip_ds.train.loop import load_tokenizer
+    from growclip_ds.data.tokenizer import load_tokenizer
 
     d = run / "step2"
     cfg = load_config("tiny", [f"data.root={tiny_data}"])

@@ -104,3 +104,97 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_data, tmp_pa
         assert (run / "step1" / "eval.json").exists() and load_file(run / "step1" / "model.safetensors")
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_diverged_run_exits_4_keeps_the_last_finite_checkpoint(tiny_data, tmp_path):
+    """Issue experiment 1: weight decay 1e30 makes the loss NaN after step 1."""
+    run = tmp_path / "run"
+    p = launch(common(tiny_data, run) + ["--set", "train.weight_decay=1e30", "--set", "train.checkpoint_every=1",
+                                         "--set", "train.epochs=3", "--set", "train.max_nonfinite=2"],
+               ranks=2, check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode == 4, out[-3000:]
+    assert "diverged" in out and "latest` is global_step1" in out
+    ckpt = run / "step1" / "train" / "checkpoints"
+    assert checkpoint.latest_tag(ckpt) == "global_step1" and [d.name for d in ckpt.glob("global_step*")] == ["global_step1"]
+    meta = checkpoint.read_meta(ckpt / "global_step1")
+    assert meta["global_step"] == 1
+    assert not (run / "step1" / "model.safetensors").exists() and not (run / "step1" / "eval.json").exists()
+    rows = [json.loads(x) for x in (run / "step1" / "train" / "metrics.jsonl").read_text().splitlines()]
+    import math
+
+    assert math.isfinite(rows[0]["loss"]) and not any(math.isfinite(r["loss"]) for r in rows[1:])
+
+
+def _junk_copy(tiny_data, dst):
+    """The tiny corpus with every training image replaced by bytes no decoder reads."""
+    import io
+    import tarfile
+
+    shutil.copytree(tiny_data, dst)
+    for tar_path in (dst / "shards").glob("*.tar"):
+        with tarfile.open(tar_path) as src:
+            members = [(m, src.extractfile(m).read()) for m in src.getmembers()]
+        with tarfile.open(tar_path, "w") as out:
+            for m, data in members:
+                if m.name.endswith(".jpg"):
+                    data = b"not an image " * 20
+                    m.size = len(data)
+                out.addfile(m, io.BytesIO(data))
+    return dst
+
+
+def test_undecodable_corpus_stops_with_the_shard_and_the_error(tiny_data, tmp_path):
+    """Issue experiment 2: it used to hang forever."""
+    data = _junk_copy(tiny_data, tmp_path / "junk")
+    p = launch(["--step", "1", "--config", "tiny", "--set", f"data.root={data}", "--run-dir", str(tmp_path / "run"),
+                "--set", "data.max_bad_in_row=200"], ranks=2, check=False, timeout=180)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0
+    assert "200 undecodable samples in a row" in out and "UnidentifiedImageError" in out
+    assert "/shards/0000" in out and ".tar" in out
+
+
+def test_crash_mid_save_then_resume_at_fewer_ranks_finishes(tiny_data, tmp_path, monkeypatch):
+    """Issue experiment 3: rank 0 dies inside the save of step 4 at 3 ranks (rank 2's optimizer file
+    is written); the rerun at 2 ranks used to save step 4 into that folder and fail to consolidate."""
+    run = tmp_path / "run"
+    args = common(tiny_data, run) + ["--set", "train.checkpoint_every=2", "--set", "train.num_samples=288",
+                                     "--set", "train.keep_checkpoints=2"]
+    monkeypatch.setenv("GROWCLIP_FAULT", "save@0:4")
+    assert launch(args, ranks=3, check=False).returncode != 0
+    ckpt = run / "step1" / "train" / "checkpoints"
+    assert len(list((ckpt / "global_step4").glob("*optim_states.pt"))) == 3
+    monkeypatch.delenv("GROWCLIP_FAULT")
+    p = launch(args, ranks=2)
+    assert f"removing {ckpt / 'global_step4'}" in p.stdout + p.stderr
+    assert (run / "step1" / "eval.json").exists()
+    assert sorted(d.name for d in ckpt.glob("global_step?")) == ["global_step4", "global_step6"]   # kept 2
+    assert len(list((ckpt / "global_step4").glob("*optim_states.pt"))) == 2
+
+
+def test_disk_full_on_one_rank_of_two_then_a_tampered_pickle(tiny_data, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    args = common(tiny_data, run) + ["--set", "train.checkpoint_every=2", "--set", "train.epochs=4"]
+    monkeypatch.setenv("GROWCLIP_FAULT", "nospace@1:4")
+    p = launch(args, ranks=2, check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "No space left on device (injected)" in out
+    assert out.count("The previous checkpoint global_step2 is intact") == 2        # both ranks agreed
+    ckpt = run / "step1" / "train" / "checkpoints"
+    assert checkpoint.latest_tag(ckpt) == "global_step2" and not (ckpt / "global_step4").exists()
+    monkeypatch.delenv("GROWCLIP_FAULT")
+    # someone who can write the run folder swaps in a pickle that runs code when loaded
+    victim = next((ckpt / "global_step2").glob("*optim_states.pt"))
+    original, marker = victim.read_bytes(), tmp_path / "PWNED"
+    victim.write_bytes(f"cos\nsystem\n(S'touch {marker}'\ntR.".encode().ljust(len(original), b" "))
+    said = []   # what resume runs on rank 0 before any DeepSpeed load (the launch path of this check)
+    with pytest.raises(checkpoint.CheckpointError, match="no valid checkpoint"):
+        checkpoint.pick_tag(ckpt, log=said.append)
+    assert "fails its keyed hash" in said[0] and not marker.exists()
+    with pytest.raises(checkpoint.CheckpointError, match="refusing to load"):
+        checkpoint.consolidated_state_dict(ckpt, "global_step2")
+    assert not marker.exists()
+    victim.write_bytes(original)
+    launch(args, ranks=2)   # the resume after the failed save finishes from global_step2
+    assert (run / "step1" / "eval.json").exists()

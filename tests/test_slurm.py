@@ -36,13 +36,68 @@ def test_hostfile_round_trip_and_errors_name_the_line():
         slurm.parse_hostfile("n1 slots=8\nn1 slots=8\n", "hosts")
 
 
-def test_env_lines_from_an_allocation(tmp_path):
+def test_env_file_from_an_allocation_quotes_every_value(tmp_path):
+    hostdir = tmp_path / "hosts $(touch PWNED) `touch PWNED2`"
+    hostdir.mkdir()
     environ = {"SLURM_JOB_NODELIST": "gpu[3-4]", "SLURM_JOB_ID": "123456", "SLURM_GPUS_ON_NODE": "4",
-               "GROWCLIP_HOSTFILE_DIR": str(tmp_path)}
-    lines = dict(x.removeprefix("export ").split("=", 1) for x in slurm.env_lines(environ).splitlines())
-    assert lines["MASTER_ADDR"] == "gpu3" and lines["MASTER_PORT"] == str(20000 + 123456 % 20000)
-    assert lines["GROWCLIP_NNODES"] == "2" and lines["GROWCLIP_GPUS_PER_NODE"] == "4"
-    assert (tmp_path / "hostfile.123456").read_text() == "gpu3 slots=4\ngpu4 slots=4\n"
+               "GROWCLIP_HOSTFILE_DIR": str(hostdir)}
+    env = slurm.allocation_env(environ)
+    assert env["MASTER_ADDR"] == "gpu3" and env["MASTER_PORT"] == str(20000 + 123456 % 20000)
+    assert env["GROWCLIP_NNODES"] == "2" and env["GROWCLIP_GPUS_PER_NODE"] == "4"
+    assert (hostdir / "hostfile.123456").read_text() == "gpu3 slots=4\ngpu4 slots=4\n"
+    slurm.write_env_file(tmp_path / "env", env)
+    out = subprocess.run(["bash", "-c", 'source ./env && printf %s "$GROWCLIP_HOSTFILE"'], cwd=tmp_path,
+                         capture_output=True, text=True, check=True).stdout
+    assert out == str(hostdir / "hostfile.123456")
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "PWNED2").exists()
+
+
+def test_run_folder_comes_from_the_launchers_own_parser(tiny_data):
+    base = ["--config", "tiny", "--set", f"data.root={tiny_data}"]
+    assert slurm.run_env(base + ["--run-dir=runs/eq"])["GROWCLIP_RUN_DIR"] == "runs/eq"
+    assert slurm.run_env(base + ["--run-dir", "runs/sp", "--step", "2"])["GROWCLIP_RUN_DIR"] == "runs/sp"
+    env = slurm.run_env(base)
+    assert env == {"GROWCLIP_RUN_DIR": "runs/tiny", "GROWCLIP_NUM_STEPS": "4"}
+
+
+def test_batch_script_preemption_reaches_the_ranks_and_requeues(tmp_path, tiny_data):
+    """grow_step.sbatch under fake srun/scontrol on PATH: SLURM's USR1 to the batch shell writes STOP
+    into the run folder given as --run-dir=X (the fake job step waits for it there, as the ranks do,
+    and exits 3), then the script requeues the job; an injected $(...) in a path never runs."""
+    import os
+    import signal
+    import sys
+    import time
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "log"
+    log.mkdir()
+    run = tmp_path / "run"
+    (fake / "srun").write_text('#!/bin/bash\necho "$*" > "$FAKE_LOG/srun"\n'
+                               'for i in $(seq 1 600); do [ -e "$EXPECT_STOP" ] && exit 3; sleep 0.1; done\nexit 9\n')
+    (fake / "scontrol").write_text('#!/bin/bash\necho "$*" >> "$FAKE_LOG/scontrol"\n')
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    hostdir = tmp_path / "h$(touch PWNED)"
+    hostdir.mkdir()
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "localhost",
+           "SLURM_JOB_ID": "4242", "GROWCLIP_HOME": str(REPO), "GROWCLIP_PYTHON": sys.executable,
+           "GROWCLIP_HOSTFILE_DIR": str(hostdir), "FAKE_LOG": str(log), "EXPECT_STOP": str(run / "STOP")}
+    p = subprocess.Popen(["bash", str(REPO / "launchers" / "slurm" / "grow_step.sbatch"), "--step", "1",
+                          "--config", "tiny", "--set", f"data.root={tiny_data}", f"--run-dir={run}"],
+                         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (log / "srun").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert (log / "srun").exists(), p.communicate(timeout=5)
+    p.send_signal(signal.SIGUSR1)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, out + err
+    assert "preemption notice" in out and "requeueing job 4242" in out
+    assert (log / "scontrol").read_text().split() == ["requeue", "4242"]
+    assert f"--run-dir={run}" in (log / "srun").read_text() and not (run / "STOP").exists()
+    assert not (tmp_path / "PWNED").exists()
 
 
 def test_cli_prints_the_sbatch_command(tmp_path, capsys):

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from growclip_ds.config import PRESETS
 from growclip_ds.model import param_count
-from tests.conftest import launch
+from tests.conftest import launch, start
 
 
 def _losses(run):
@@ -75,6 +75,8 @@ def test_step_artifacts_follow_the_contract(runs):
     for direction in ("image_to_text", "text_to_image"):
         r = ev["retrieval"][direction]
         assert 0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= 1
+    done = json.loads((step / "train" / "done.json").read_text())
+    assert done["nonfinite_steps"] == 0 and done["bad_fraction"] == 0.0   # clean data, finite losses
     ckpt = step / "train" / "checkpoints"
     assert (ckpt / "latest").read_text().strip() == "global_step12"
     assert (ckpt / "zero_to_fp32.py").exists()
@@ -101,7 +103,9 @@ def test_kill_9_anywhere_loses_nothing_and_resumes_the_same_run(runs):
     ckpt = runs["killed"] / "step1" / "train" / "checkpoints"
     from growclip_ds.train.checkpoint import verify
 
-    assert all(verify(ckpt / f"global_step{s}") is None for s in (2, 4, 6, 8, 10, 12))
+    # retention (train.keep_checkpoints=3): the three newest are kept and verify, the older are gone
+    assert sorted(int(d.name[11:]) for d in ckpt.glob("global_step*")) == [8, 10, 12]
+    assert all(verify(ckpt / f"global_step{s}") is None for s in (8, 10, 12))
 
 
 def test_corrupt_or_truncated_checkpoint_is_refused_for_the_previous(runs, tmp_path):
@@ -117,9 +121,68 @@ def test_corrupt_or_truncated_checkpoint_is_refused_for_the_previous(runs, tmp_p
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0xFF]))
     assert pick_tag(ckpt, log=said.append) == "global_step10"
-    assert str(optim) in said[0] and "CRC32" in said[0] and "global_step10 instead" in said[1]
+    assert str(optim) in said[0] and "keyed hash" in said[0] and "global_step10 instead" in said[1]
     model = ckpt / "global_step10" / "mp_rank_00_model_states.pt"
     os.truncate(model, os.path.getsize(model) // 2)
     said.clear()
     assert pick_tag(ckpt, log=said.append) == "global_step8"
     assert any(str(model) in m and "truncated" in m for m in said)
+
+
+def test_load_reproduces_the_runs_own_evaluation(runs, tiny_data, monkeypatch):
+    """growclip_ds.load: model (no throw-away init), transform and the run's tokenizer copy give, in
+    one process, the eval.json that 2 ranks wrote during the run."""
+    import growclip_ds
+    from growclip_ds.config import replace
+    from growclip_ds.eval.evaluate import EvalSets, evaluate
+    from growclip_ds.model import clip
+
+    step = runs["zero2"] / "step1"
+    run_tok = runs["zero2"] / "tokenizer" / "tokenizer.json"
+    assert run_tok.read_bytes() == (tiny_data / "tokenizer" / "tokenizer.json").read_bytes()
+    monkeypatch.setattr(clip, "init_tensor", lambda *a: pytest.fail("load() paid for an initialisation"))
+    model, transform, tok = growclip_ds.load(step)
+    assert not model.training and transform.transforms[-1].mean == [0.48145466, 0.4578275, 0.40821073]
+    got = evaluate(model, EvalSets(replace(PRESETS["tiny"].data, root=str(tiny_data)), model.arch.image_size), tok)
+    want = json.loads((step / "eval.json").read_text())
+    for name, task in want["zero_shot"].items():
+        assert got["zero_shot"][name]["top1"] == pytest.approx(task["top1"], abs=1e-6)
+    for d in ("image_to_text", "text_to_image"):
+        assert got["retrieval"][d] == pytest.approx(want["retrieval"][d], abs=1e-6)
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        growclip_ds.load(step, tokenizer=runs["zero2"] / "nothing")
+
+
+def test_sigterm_and_sigusr1_to_one_rank_checkpoint_exit_3_and_resume_exactly(runs, tiny_data, tmp_path):
+    """The real signals, each to one rank of a running 2-rank phase: every rank checkpoints after
+    the same step and exits 3 (requeue); the resumed run's 12 losses and weights are the
+    uninterrupted run's."""
+    import signal
+    import subprocess
+    import time
+
+    from growclip_ds.train.preempt import PREEMPTED_EXIT
+
+    run = tmp_path / "signalled"
+    args = ["--step", "1", "--config", "tiny", "--set", f"data.root={tiny_data}", "--set", "train.epochs=3",
+            "--set", "train.log_every=1", "--run-dir", str(run), "--set", "train.zero_stage=2"]
+    metrics = run / "step1" / "train" / "metrics.jsonl"
+    for sig, rank in ((signal.SIGTERM, 1), (signal.SIGUSR1, 0)):
+        done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+        proc = start(args, env={"GROWCLIP_FAULT_DELAY": "0.5"})
+        deadline = time.time() + 120
+        while (not metrics.exists() or len(metrics.read_text().splitlines()) < done + 2) and time.time() < deadline:
+            time.sleep(0.2)
+        pid = int(subprocess.run(["pgrep", "-f", f"local_rank={rank} .*{run}"], capture_output=True,
+                                 text=True).stdout.split()[0])
+        os.kill(pid, sig)
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == PREEMPTED_EXIT, (sig, out[-2000:], err[-3000:])
+        assert f"got signal {sig.name}" in out + err
+    launch(args)
+    steps, losses = _losses(run)
+    ref_steps, ref = _losses(runs["zero2"])
+    assert steps == ref_steps and losses == pytest.approx(ref, abs=1e-6)
+    a = load_file(runs["zero2"] / "step1" / "model.safetensors")
+    b = load_file(run / "step1" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6

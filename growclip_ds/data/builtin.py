@@ -6,12 +6,13 @@ sets and a BPE tokenizer, all deterministic for a seed.
 from __future__ import annotations
 
 import io
-import json
 import random
+import shutil
 from pathlib import Path
 
 from tqdm import tqdm
 
+from ..eval import sets
 from . import scenes
 from .manifest import Manifest, ShardEntry
 from .shards import write_shard
@@ -54,6 +55,7 @@ def make_builtin(root, num_steps: int = 4, samples_per_step: int = 2048, shard_s
             shard_id += 1
             bar.update(n)
     bar.close()
+    shutil.rmtree(root / EVAL_DIR, ignore_errors=True)   # generated sets only: a remake leaves no stale file
     _make_eval(root / EVAL_DIR, num_steps, eval_per_class, retrieval_size, seed)
     train_bpe(captions, root / "tokenizer", vocab_size)
     manifest = Manifest(root, entries)
@@ -64,27 +66,27 @@ def make_builtin(root, num_steps: int = 4, samples_per_step: int = 2048, shard_s
 def _make_eval(out: Path, num_steps: int, per_class: int, retrieval_size: int, seed: int) -> None:
     """Zero-shot tasks uniform over every class (of all steps), a separate selection split of the
     same tasks (GAS scores candidates on it, never on the test split), and a test and a selection
-    retrieval set with the same number of pairs from each growth step (drawn as that step's data)."""
-    splits = {"zero_shot": {}, "selection": {}}
-    for split, prefix in (("zero_shot", "zeroshot"), ("selection", "select")):
+    retrieval set with the same number of pairs from each growth step (drawn as that step's data);
+    written in the formats users' own sets have (eval/sets.py)."""
+    specs = []
+    for role, tag in (("test", "zero_shot"), ("selection", "selection")):
         for task, classes in scenes.TASKS.items():
-            rng = random.Random(f"{seed}-{split}-{task}")
+            rng = random.Random(f"{seed}-{tag}-{task}")
             samples = []
             for ci, cname in enumerate(classes):
                 for j in range(per_class):
                     scene = scenes.sample_scene(rng, num_steps, num_steps, **{task: cname})
                     s = _sample(f"{task}{ci:02d}{j:04d}", scene, rng, num_steps)
-                    s["meta"]["label"] = ci
-                    samples.append(s)
-            write_shard(out / f"{prefix}_{task}.tar", samples)
+                    samples.append({"key": s["key"], "image": s["jpg"], "ext": "jpg", "label": ci, "meta": s["meta"]})
             phrases = scenes.CLASS_PHRASES.get(task, {})
-            splits[split][task] = {"classes": [phrases.get(c, c) for c in classes],
-                                   "templates": scenes.PROMPTS[task], "shard": f"{prefix}_{task}.tar"}
+            sets.write_zeroshot(out / role / task, [phrases.get(c, c) for c in classes], scenes.PROMPTS[task], samples)
+            specs.append(sets.SetSpec(task, f"{role}/{task}", "zeroshot", role))
     per_step = max(1, retrieval_size // num_steps)
-    for name, tag in (("retrieval.tar", "eval-retrieval"), ("select_retrieval.tar", "select-retrieval")):
+    for role, tag in (("test", "eval-retrieval"), ("selection", "select-retrieval")):
         rng = random.Random(f"{seed}-{tag}")
         samples = [_sample(f"ret{step}{j:05d}", scenes.sample_scene(rng, step, num_steps), rng, step)
                    for step in range(1, num_steps + 1) for j in range(per_step)]
-        write_shard(out / name, samples)
-    (out / "tasks.json").write_text(json.dumps({**splits, "retrieval": {"shard": "retrieval.tar"},
-                                                "selection_retrieval": {"shard": "select_retrieval.tar"}}, indent=1))
+        sets.write_retrieval(out / role / "retrieval", [{"key": s["key"], "image": s["jpg"], "ext": "jpg",
+                                                         "captions": [s["txt"]], "meta": s["meta"]} for s in samples])
+        specs.append(sets.SetSpec("retrieval", f"{role}/retrieval", "retrieval", role))
+    sets.write_index(out, specs)

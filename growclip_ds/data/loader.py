@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import random
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -37,18 +38,37 @@ def image_transform(size: int):
                       T.CenterCrop(size), T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)])
 
 
+class DataStall(RuntimeError):
+    """Too many undecodable samples in a row, or too long without a decoded one."""
+
+
 def decode_sample(raw: dict, transform):
-    """(image tensor, caption) or None for a sample that cannot be used. Never unpickles."""
+    """(image tensor, caption), or a string saying why the sample cannot be used. Never unpickles."""
     ext = next((e for e in IMAGE_EXTS if e in raw), None)
     if ext is None or "txt" not in raw:
-        return None
+        return f"no image ({'/'.join(IMAGE_EXTS)}) or no txt in the sample (keys: {sorted(raw)[:6]})"
     try:
         text = raw["txt"].decode("utf-8").strip()
         with Image.open(io.BytesIO(raw[ext])) as im:
             img = transform(im.convert("RGB"))
-    except Exception:  # noqa: BLE001 - any undecodable sample is skipped and counted
-        return None
-    return (img, text) if text else None
+    except Exception as e:  # noqa: BLE001 - any undecodable sample is skipped and counted
+        return f"{type(e).__name__}: {str(e)[:200]}"
+    return (img, text) if text else "empty caption"
+
+
+@dataclass
+class Liveness:
+    """Bounds on a stream that yields nothing usable: ``max_bad_in_row`` undecodable samples in a
+    row, or ``max_idle_s`` seconds without a decoded sample (0 disables either)."""
+
+    max_bad_in_row: int = 1000
+    max_idle_s: float = 600.0
+
+    def check(self, bad_in_row: int, idle_s: float, url: str, reason: str) -> None:
+        if (self.max_bad_in_row and bad_in_row >= self.max_bad_in_row) or (self.max_idle_s and idle_s >= self.max_idle_s):
+            raise DataStall(f"{bad_in_row} undecodable samples in a row and {idle_s:.0f} s without a usable one "
+                            f"(data.max_bad_in_row, data.max_idle_minutes); last from shard {url}: {reason}. "
+                            "Check these shards (e.g. open one image with PIL) or remove them from the manifest")
 
 
 class _Counter:
@@ -78,6 +98,8 @@ class EpochPlan:
     raw_done: list = field(default_factory=list)
     stream_tag: str = ""        # set after a resume at another world size: fresh per-rank streams
     sources: list = field(default_factory=list)   # replay mixture: [(shards, weight, keep)]; empty: ``shards``
+    exclude: frozenset = frozenset()   # held-out keys (the manifest's evaluation samples): never yielded
+    liveness: Liveness = field(default_factory=Liveness)
 
 
 class ShardStream(IterableDataset):
@@ -107,6 +129,8 @@ class ShardStream(IterableDataset):
         src = wds.tariterators.tarfile_samples(urls, handler=counter.handler)
         buf, size = [], max(1, self.plan.shuffle_buffer)
         for s in src:
+            if s.get("__key__") in self.plan.exclude:
+                continue
             if keep < 1 and not in_buffer(s.get("__key__", ""), keep, self.plan.seed):
                 continue
             idle["shards"] = 0
@@ -131,15 +155,19 @@ class ShardStream(IterableDataset):
         for _ in range(skip):
             next(stream)
         raw = skip
+        bad_in_row, last_good = 0, time.monotonic()
         for _ in range(my_batches):
             imgs, texts, keys, srcs = [], [], [], []
             while len(imgs) < p.micro_batch:
                 item = next(stream)
                 sample = decode_sample(item, self.transform)
                 raw += 1
-                if sample is None:
+                if isinstance(sample, str):
                     bad += 1
+                    bad_in_row += 1
+                    p.liveness.check(bad_in_row, time.monotonic() - last_good, item.get("__url__", "?"), sample)
                     continue
+                bad_in_row, last_good = 0, time.monotonic()
                 imgs.append(sample[0])
                 texts.append(sample[1])
                 keys.append(item.get("__key__", ""))
@@ -169,13 +197,16 @@ def make_loader(plan: EpochPlan, image_size: int, tokenize) -> DataLoader:
                       persistent_workers=False, prefetch_factor=4 if plan.num_workers else None)
 
 
-def first_samples(shards: list, n: int, image_size: int, tokenize) -> dict:
-    """The first ``n`` decodable samples of ``shards`` in file order, as one batch: a fixed batch that
-    every rank and every run reads identically (what growth is measured on before training)."""
+def first_samples(shards: list, n: int, image_size: int, tokenize, exclude: frozenset = frozenset()) -> dict:
+    """The first ``n`` decodable training samples of ``shards`` in file order (held-out keys skipped),
+    as one batch: a fixed batch that every rank and every run reads identically (what growth is
+    measured on before training)."""
     tf, imgs, texts = image_transform(image_size), [], []
     for raw in wds.tariterators.tarfile_samples(iter({"url": str(s)} for s in shards)):
+        if raw.get("__key__") in exclude:
+            continue
         sample = decode_sample(raw, tf)
-        if sample is not None:
+        if not isinstance(sample, str):
             imgs.append(sample[0])
             texts.append(sample[1])
         if len(imgs) == n:

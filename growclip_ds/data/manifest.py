@@ -1,19 +1,20 @@
 """The growth manifest: which shard belongs to which growth step, and N^t = |D^t|.
 
 ``manifest.parquet`` has one row per shard: ``shard`` (path relative to the manifest's folder),
-``step`` (1..T) and ``num_samples``. D^t is every shard with step <= t, as in the paper's random
-equal split of CC12M into 4 parts.
+``step`` (1..T), ``num_samples`` (training samples) and ``holdout`` (keys carved out of it into the
+held-out evaluation sets, never trained on). D^t is every shard with step <= t, as in the paper's
+random equal split of CC12M into 4 parts. ``growclip-ds data split`` (data/split.py) writes it for a
+user's img2dataset folder, ``data make`` for the built-in corpus.
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .shards import atomic_write_table, count_samples
+from .shards import atomic_write_table
 
 MANIFEST = "manifest.parquet"
 
@@ -23,6 +24,7 @@ class ShardEntry:
     path: Path
     step: int
     num_samples: int
+    holdout: tuple = ()
 
 
 class Manifest:
@@ -41,6 +43,11 @@ class Manifest:
     def num_samples(self, steps) -> int:
         return sum(e.num_samples for e in self.shards(steps))
 
+    @property
+    def holdout(self) -> frozenset:
+        """Keys of the held-out evaluation samples: the loader never yields them."""
+        return frozenset(k for e in self.entries for k in e.holdout)
+
     def check_files(self) -> None:
         missing = [e.path for e in self.entries if not e.path.exists()]
         if missing:
@@ -56,27 +63,12 @@ class Manifest:
             raise FileNotFoundError(f"{path} not found: make the built-in data (growclip-ds data make "
                                     f"--root {root}) or split your shards (growclip-ds data split {root})")
         t = pq.read_table(path).to_pylist()
-        return cls(root, [ShardEntry(root / r["shard"], int(r["step"]), int(r["num_samples"])) for r in t])
+        return cls(root, [ShardEntry(root / r["shard"], int(r["step"]), int(r["num_samples"]),
+                                     tuple(r.get("holdout") or ())) for r in t])
 
     def save(self) -> Path:
-        rows = [{"shard": str(e.path.relative_to(self.root)), "step": e.step, "num_samples": e.num_samples}
-                for e in self.entries]
+        rows = [{"shard": str(e.path.relative_to(self.root)), "step": e.step, "num_samples": e.num_samples,
+                 "holdout": list(e.holdout)} for e in self.entries]
         path = self.root / MANIFEST
         atomic_write_table(pa.Table.from_pylist(rows), path)
         return path
-
-
-def split_shards(root, num_steps: int = 4, seed: int = 0, shard_dir: str | None = None) -> Manifest:
-    """Random equal split of an img2dataset shard folder into ``num_steps`` growth steps."""
-    root = Path(root)
-    folder = root / shard_dir if shard_dir else root
-    tars = sorted(folder.glob("*.tar"))
-    if len(tars) < num_steps:
-        raise ValueError(f"{folder}: {len(tars)} .tar shard(s) found, need at least num_steps={num_steps}")
-    order = list(range(len(tars)))
-    random.Random(seed).shuffle(order)
-    step_of = {i: 1 + k * num_steps // len(tars) for k, i in enumerate(order)}
-    entries = [ShardEntry(t, step_of[i], count_samples(t)) for i, t in enumerate(tars)]
-    m = Manifest(root, entries)
-    m.save()
-    return m

@@ -47,17 +47,3 @@ def write_shard(path: Path, samples: list[dict]) -> int:
              "start_time": time.time(), "end_time": time.time(), "status_dict": {"success": len(rows)}}
     path.with_name(path.stem + "_stats.json").write_text(json.dumps(stats))
     return len(rows)
-
-
-def count_samples(tar_path: Path) -> int:
-    """Successful samples of a shard: from its img2dataset parquet when present, else by reading the tar."""
-    pq_path = tar_path.with_suffix(".parquet")
-    if pq_path.exists():
-        t = pq.read_table(pq_path, columns=["status"])
-        return sum(1 for s in t.column("status").to_pylist() if s == "success")
-    keys = set()
-    with tarfile.open(tar_path) as tar:
-        for m in tar:
-            if m.name.endswith((".jpg", ".jpeg", ".png", ".webp")):
-                keys.add(m.name.rsplit(".", 1)[0])
-    return len(keys)

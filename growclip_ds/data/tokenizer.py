@@ -1,11 +1,18 @@
 """Text tokenization: a BPE tokenizer trained on the corpus captions, loaded through ``transformers``.
 
-Any local Hugging Face tokenizer folder (for example a CLIP tokenizer a user already has) works too.
+Default (offline, any machine): ``growclip-ds data make`` / ``data split`` train a BPE on the
+captions of growth step 1 into ``<data.root>/tokenizer``. Any local Hugging Face tokenizer folder
+works too (``data.tokenizer``; CLIP's own, for users who have it). A run copies the tokenizer it
+starts with into ``<run>/tokenizer`` and every later step and evaluation uses that copy: the
+vocabulary is fixed from step 1 on, whatever happens to the data folder.
+
 Model token ids are the tokenizer's ids + 1, so that 0 is padding whatever the tokenizer: the
 model finds the end-of-text token as the last non-zero position.
 """
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -61,3 +68,38 @@ class TextTokenizer:
             ids = (head + ids)[: self.context_length - 1] + [self.eot]
             out[i, : len(ids)] = torch.tensor(ids) + 1
         return out
+
+
+RUN_COPY = "tokenizer"
+
+
+def tokenizer_path(data) -> Path:
+    """The tokenizer folder a config names: ``data.tokenizer``, else ``<data.root>/tokenizer``."""
+    return Path(data.tokenizer) if data.tokenizer else Path(data.root) / "tokenizer"
+
+
+def load_tokenizer(cfg, arch) -> TextTokenizer:
+    tok = TextTokenizer(tokenizer_path(cfg.data), arch.context_length)
+    if tok.vocab_size > arch.vocab_size:
+        raise ValueError(f"arch.vocab_size={arch.vocab_size} is smaller than the tokenizer needs "
+                         f"({tok.vocab_size} = its {tok.vocab_size - 1} ids + padding); raise arch.vocab_size "
+                         f"(--set arch.vocab_size={tok.vocab_size}) or train a smaller one "
+                         "(growclip-ds data split --vocab-size)")
+    return tok
+
+
+def pin_to_run(cfg, run_dir):
+    """``cfg`` whose tokenizer is the run's own copy, made from the configured one on first use."""
+    from ..config import replace
+
+    run_copy = Path(run_dir) / RUN_COPY
+    if not run_copy.exists():
+        src = tokenizer_path(cfg.data)
+        TextTokenizer(src, 3)   # fails here, with what to do, if the folder is not a tokenizer
+        tmp = run_copy.with_name(f".{RUN_COPY}.{os.getpid()}.tmp")
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        try:
+            os.replace(tmp, run_copy)
+        except OSError:          # another rank got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return replace(cfg, data=replace(cfg.data, tokenizer=str(run_copy)))

@@ -1,97 +1,161 @@
-"""Zero-shot classification and retrieval on the held-out sets, spread over ranks.
+"""Zero-shot classification and retrieval on the evaluation sets, spread over ranks.
 
-    growclip-ds eval --model runs/demo/step1 --data data/builtin
+    growclip-ds eval runs/demo/step1 --config demo [--split selection]
 
-Each rank encodes every world-th image; embeddings are gathered and every rank computes the same
-metrics. The result is the ``eval.json`` contract: fractions in [0, 1].
+Each rank decodes and encodes every world-th image of a set, in batches (memory is bounded by the
+batch, not by the set: prompts are encoded ``batch`` at a time too); embeddings are gathered and
+every rank computes the same metrics. The result is the ``eval.json`` contract: fractions in [0, 1],
+``zero_shot`` and ``retrieval_sets`` per set name, ``retrieval`` (the first retrieval set) and
+``retrieval_by_step`` (its pairs grouped by growth step) for the report and TiC-CLIP's methods.
 """
 from __future__ import annotations
 
 import io
-import json
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import webdataset as wds
 from PIL import Image
 
+from ..data.loader import image_transform
 from ..distributed import rank_world
-from ..data.loader import IMAGE_EXTS, image_transform
 from .metrics import class_embeddings, retrieval_metrics, topk_accuracy
+from .sets import list_sets, open_set
 
-
-def read_shard(path: Path, image_size: int) -> tuple[torch.Tensor, list[str], list[dict]]:
-    """All (image, caption, json) of one small evaluation shard, in file order."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: evaluation shard missing; remake the data (growclip-ds data make)")
-    tf = image_transform(image_size)
-    imgs, texts, metas = [], [], []
-    for s in wds.tariterators.tarfile_samples(iter([{"url": str(path)}])):
-        ext = next(e for e in IMAGE_EXTS if e in s)
-        with Image.open(io.BytesIO(s[ext])) as im:
-            imgs.append(tf(im.convert("RGB")))
-        texts.append(s.get("txt", b"").decode())
-        metas.append(json.loads(s["json"]) if "json" in s else {})
-    return torch.stack(imgs), texts, metas
+CACHE_BYTES = 1 << 30   # decoded images of one rank kept across passes (GAS's 16 image passes) up to this
 
 
 class EvalSets:
-    """The zero-shot tasks and the retrieval set of one split ("zero_shot": test; "selection": for
-    choices made during training, GAS and Patching's alpha) named by ``<data>/eval/tasks.json``."""
+    """The evaluation sets of one role ("test", or "selection": for choices made during training,
+    GAS and Patching's alpha), opened from ``data.eval`` or ``<data.root>/eval/sets.json``."""
 
-    def __init__(self, data_root, image_size: int, split: str = "zero_shot", retrieval: bool = True,
-                 tasks: bool = True):
-        root = Path(data_root) / "eval"
-        spec_path = root / "tasks.json"
-        if not spec_path.exists():
-            raise FileNotFoundError(f"{spec_path} not found: make the built-in data or write a tasks.json")
-        spec = json.loads(spec_path.read_text())
-        if split not in spec:
-            raise KeyError(f"{spec_path}: no {split!r} split; remake the data (growclip-ds data make --force)")
-        self.tasks = {}
-        for name, t in (spec[split].items() if tasks else ()):
-            imgs, _, metas = read_shard(root / t["shard"], image_size)
-            labels = torch.tensor([m["label"] for m in metas])
-            self.tasks[name] = {"images": imgs, "labels": labels, "classes": t["classes"],
-                                "templates": t["templates"]}
-        self.retrieval = None
-        if retrieval:
-            key = "retrieval" if split == "zero_shot" else f"{split}_retrieval"
-            if key not in spec:
-                raise KeyError(f"{spec_path}: no {key!r} set; remake the data (growclip-ds data make --force)")
-            imgs, texts, metas = read_shard(root / spec[key]["shard"], image_size)
-            self.retrieval = {"images": imgs, "texts": texts, "steps": [m.get("step", 0) for m in metas]}
+    def __init__(self, data, image_size: int, role: str = "test", kinds=("zeroshot", "retrieval")):
+        specs = [s for s in list_sets(data.root, data.eval, role) if s.kind in kinds]
+        if not specs:
+            raise FileNotFoundError(f"no {'/'.join(kinds)} evaluation set with role {role!r} in "
+                                    f"{'data.eval' if data.eval else f'{data.root}/eval/sets.json'}; "
+                                    "`growclip-ds data split` carves test and selection retrieval sets")
+        self.image_size = image_size
+        self.sets = [open_set(data.root, s) for s in specs]
+        self._cache: dict = {}
+
+    @property
+    def zeroshot(self) -> list:
+        return [s for s in self.sets if s.kind == "zeroshot"]
+
+    @property
+    def retrieval(self) -> list:
+        return [s for s in self.sets if s.kind == "retrieval"]
+
+    def image_batches(self, dset, batch: int, spread: bool = True):
+        """This rank's images of ``dset`` (every world-th, in set order; all of them unless ``spread``)
+        as tensors of at most ``batch``."""
+        rank, world = rank_world() if spread else (0, 1)
+        key = (dset.name, dset.kind, rank, world)
+        if key in self._cache:
+            yield from self._cache[key]
+            return
+        tf = image_transform(self.image_size)
+        keep = len(dset) * 3 * self.image_size ** 2 * 4 / world <= CACHE_BYTES
+        out, buf = [], []
+        for i, raw in enumerate(dset.images()):
+            if i % world != rank:
+                continue
+            with Image.open(io.BytesIO(raw)) as im:
+                buf.append(tf(im.convert("RGB")))
+            if len(buf) == batch:
+                out.append(torch.stack(buf)) if keep else None
+                yield torch.stack(buf)
+                buf = []
+        if buf:
+            out.append(torch.stack(buf)) if keep else None
+            yield torch.stack(buf)
+        if keep:
+            self._cache[key] = out
 
 
-@torch.no_grad()
-def _encode_spread(fn, items, batch: int) -> torch.Tensor:
-    """Encode ``items`` (a tensor or list) spread over ranks; every rank gets all embeddings in order."""
-    rank, world = rank_world()
-    idx = list(range(rank, len(items), world))
-    parts = []
-    for i in range(0, len(idx), batch):
-        sel = idx[i:i + batch]
-        chunk = items[sel] if torch.is_tensor(items) else [items[j] for j in sel]
-        parts.append(fn(chunk).float())
-    local = torch.cat(parts) if parts else torch.empty(0)
-    if world == 1:
+def selection_sets(data, image_size: int) -> EvalSets:
+    """The sets a selection accuracy is computed on (``selection_accuracy``): the selection split's
+    classification sets, or its retrieval sets when it has none."""
+    kinds = {s.kind for s in list_sets(data.root, data.eval, "selection")}
+    return EvalSets(data, image_size, "selection", kinds=("zeroshot",) if "zeroshot" in kinds else ("retrieval",))
+
+
+def _gather(local: torch.Tensor, n: int, spread: bool) -> torch.Tensor:
+    """Rows i = rank + k * world of every rank, back in order 0..n-1."""
+    _, world = rank_world()
+    if world == 1 or not spread:
         return local
     gathered = [None] * world
     dist.all_gather_object(gathered, local)
-    out = torch.empty(len(items), gathered[0].shape[1])
+    dim = next(g.shape[1] for g in gathered if g.numel())
+    out = torch.empty(n, dim)
     for r, emb in enumerate(gathered):
-        out[r::world] = emb
+        if emb.numel():
+            out[r::world] = emb
     return out
 
 
-def task_prompts(task: dict) -> list[str]:
-    """Every (class, template) prompt of a task, class-major."""
-    return [tpl.format(c=c) for c in task["classes"] for tpl in task["templates"]]
+@torch.no_grad()
+def encode_images(model, sets: EvalSets, dset, batch: int = 256, spread: bool = True) -> torch.Tensor:
+    """Embeddings of every image of ``dset``; ``spread``: each rank encodes its share and all gather
+    (every rank must call), else this rank encodes all (GAS: ranks work on different variants)."""
+    parts = [model.encode_image(x.to(_device(model))).float().cpu() for x in sets.image_batches(dset, batch, spread)]
+    return _gather(torch.cat(parts) if parts else torch.empty(0), len(dset), spread)
 
 
-def task_classifier(prompt_embs: torch.Tensor, task: dict) -> torch.Tensor:
-    return class_embeddings(prompt_embs.view(len(task["classes"]), len(task["templates"]), -1))
+@torch.no_grad()
+def encode_texts(model, texts: list[str], tokenize, batch: int = 256, spread: bool = True) -> torch.Tensor:
+    rank, world = rank_world() if spread else (0, 1)
+    mine = texts[rank::world]
+    parts = [model.encode_text(tokenize(mine[i:i + batch]).to(_device(model))).float().cpu()
+             for i in range(0, len(mine), batch)]
+    return _gather(torch.cat(parts) if parts else torch.empty(0), len(texts), spread)
+
+
+def classifier(model, dset, tokenize, batch: int = 256, spread: bool = True) -> torch.Tensor:
+    """(classes, d) prompt-ensemble classifier of a zero-shot set (prompts encoded ``batch`` at a time)."""
+    emb = encode_texts(model, dset.prompts(), tokenize, batch, spread)
+    return class_embeddings(emb.view(len(dset.classes), len(dset.templates), -1))
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def zeroshot_metrics(img: torch.Tensor, cls: torch.Tensor, dset) -> dict:
+    return {**topk_accuracy(img @ cls.T, torch.tensor(dset.labels), ks=(1, 5)), "num_classes": len(dset.classes)}
+
+
+def set_retrieval_metrics(img: torch.Tensor, txt: torch.Tensor, text_image: list[int]) -> dict:
+    m = retrieval_metrics(img, txt, text_image)
+    m["mean_R@1"] = 0.5 * (m["image_to_text"]["R@1"] + m["text_to_image"]["R@1"])
+    return m
+
+
+def by_step(img: torch.Tensor, txt: torch.Tensor, dset) -> dict:
+    """TiC-CLIP's dynamic retrieval: metrics over the pairs of each growth step."""
+    out = {}
+    steps = torch.tensor(dset.steps)
+    ti = torch.tensor(dset.text_image)
+    for j in sorted(set(dset.steps)):
+        imgs = torch.nonzero(steps == j).flatten()
+        texts = torch.nonzero(steps[ti] == j).flatten()
+        remap = {int(i): k for k, i in enumerate(imgs)}
+        out[str(j)] = set_retrieval_metrics(img[imgs], txt[texts], [remap[int(ti[t])] for t in texts])
+    return out
+
+
+def selection_accuracy(result: dict) -> float:
+    """A of GAS and the ``kept`` record: the mean zero-shot top-1 over the classification sets, or,
+    when the selection split has none (a user's own shards carve retrieval sets only), the mean of
+    image->text and text->image R@1 over the retrieval sets."""
+    zs = result.get("zero_shot", {})
+    if zs:
+        return sum(t["top1"] for t in zs.values()) / len(zs)
+    rs = result.get("retrieval_sets", {})
+    if not rs:
+        raise ValueError("no evaluation set to compute a selection accuracy on")
+    return sum(r["mean_R@1"] for r in rs.values()) / len(rs)
 
 
 @torch.no_grad()
@@ -99,27 +163,16 @@ def evaluate(model, sets: EvalSets, tokenize, batch: int = 256) -> dict:
     """eval.json content for ``model`` (a plain GrowCLIP with its architecture set)."""
     was_training = model.training
     model.eval()
-    enc_img = lambda x: model.encode_image(x)  # noqa: E731
-    enc_txt = lambda t: model.encode_text(tokenize(t))  # noqa: E731
-    out = {"zero_shot": {}}
-    for name, task in sets.tasks.items():
-        classifier = task_classifier(_encode_spread(enc_txt, task_prompts(task), batch), task)
-        img = _encode_spread(enc_img, task["images"], batch)
-        acc = topk_accuracy(img @ classifier.T, task["labels"], ks=(1, 5))
-        out["zero_shot"][name] = {**acc, "num_classes": len(task["classes"])}
-    r = sets.retrieval
-    if r is None:
-        model.train(was_training)
-        return out
-    img = _encode_spread(enc_img, r["images"], batch)
-    txt = _encode_spread(enc_txt, r["texts"], batch)
-    out["retrieval"] = retrieval_metrics(img, txt)
-    out["retrieval_by_step"] = {}   # TiC-CLIP's dynamic retrieval: the held-out pairs of each growth step
-    steps = torch.tensor(r["steps"])
-    for j in sorted(set(r["steps"])):
-        sel = steps == j
-        m = retrieval_metrics(img[sel], txt[sel])
-        m["mean_R@1"] = 0.5 * (m["image_to_text"]["R@1"] + m["text_to_image"]["R@1"])
-        out["retrieval_by_step"][str(j)] = m
+    out = {"zero_shot": {}, "retrieval_sets": {}}
+    for dset in sets.zeroshot:
+        out["zero_shot"][dset.name] = zeroshot_metrics(encode_images(model, sets, dset, batch),
+                                                       classifier(model, dset, tokenize, batch), dset)
+    for k, dset in enumerate(sets.retrieval):
+        img = encode_images(model, sets, dset, batch)
+        txt = encode_texts(model, dset.texts, tokenize, batch)
+        out["retrieval_sets"][dset.name] = set_retrieval_metrics(img, txt, dset.text_image)
+        if k == 0:
+            out["retrieval"] = out["retrieval_sets"][dset.name]
+            out["retrieval_by_step"] = by_step(img, txt, dset)
     model.train(was_training)
     return out

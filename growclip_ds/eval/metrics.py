@@ -20,14 +20,25 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict
     return out
 
 
-def recall_at_k(sim: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
-    """Rows are queries, columns candidates, the match of query i is candidate i. Ties count
-    against the query (a model whose embeddings all coincide scores chance, not 1.0)."""
-    true = sim.diagonal()[:, None]
-    ranks = (sim > true).sum(dim=1) + (sim == true).sum(dim=1) - 1  # candidates that beat or tie the match
+def recall_at_k(sim: torch.Tensor, ks=(1, 5, 10), match: torch.Tensor | None = None) -> dict[str, float]:
+    """Rows are queries, columns candidates; ``match[i, j]`` is True where candidate j is a right answer
+    for query i (default: the diagonal). A query's rank is the number of wrong candidates that score
+    at least as high as its best right one: ties count against the query (a model whose embeddings all
+    coincide scores chance, not 1.0)."""
+    if match is None:
+        match = torch.eye(*sim.shape, dtype=torch.bool)
+    best = sim.masked_fill(~match, float("-inf")).max(dim=1, keepdim=True).values
+    ranks = ((sim >= best) & ~match).sum(dim=1)
     return {f"R@{k}": (ranks < k).float().mean().item() for k in ks}
 
 
-def retrieval_metrics(img: torch.Tensor, txt: torch.Tensor, ks=(1, 5, 10)) -> dict:
+def retrieval_metrics(img: torch.Tensor, txt: torch.Tensor, text_image=None, ks=(1, 5, 10)) -> dict:
+    """Image->text and text->image recall; ``text_image[j]`` is the image of caption j (default: j),
+    so an image with several captions is found when any of them is."""
     sim = img @ txt.T
-    return {"image_to_text": recall_at_k(sim, ks), "text_to_image": recall_at_k(sim.T, ks)}
+    if text_image is None:
+        match = torch.eye(len(img), len(txt), dtype=torch.bool)
+    else:
+        match = torch.zeros(len(img), len(txt), dtype=torch.bool)
+        match[torch.as_tensor(text_image), torch.arange(len(txt))] = True
+    return {"image_to_text": recall_at_k(sim, ks, match), "text_to_image": recall_at_k(sim.T, ks, match.T)}

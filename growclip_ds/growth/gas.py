@@ -2,7 +2,8 @@
 
     psi* = argmax  A(psi) + alpha * (N^{t-1} / N^t) * (P^{t-1} / P(psi))
 
-A is the mean zero-shot top-1 over the selection tasks. An image embedding depends only on
+A is the selection accuracy (eval/evaluate.py ``selection_accuracy``: mean zero-shot top-1 over the
+selection split's classification sets, or mean R@1 over its retrieval sets when it has none). An image embedding depends only on
 (conv layers, image blocks, image heads, shared blocks) and a text embedding only on (text blocks,
 text heads, shared blocks, image heads: the shared width is the image width), so 16 image and 16
 text encoder passes score all 64 candidates. The 32 passes are spread over all ranks; each finished variant is saved under ``gas/`` and each
@@ -21,8 +22,8 @@ from tqdm import tqdm
 from .. import faults
 from ..config import ArchConfig, GrowthConfig
 from ..distributed import barrier, rank_world
-from ..eval.evaluate import task_classifier, task_prompts
-from ..eval.metrics import topk_accuracy
+from ..eval.evaluate import (classifier, encode_images, encode_texts, selection_accuracy, set_retrieval_metrics,
+                             zeroshot_metrics)
 from ..model import param_count
 from . import space
 
@@ -33,21 +34,25 @@ def gas_score(acc: float, params: int, prev_params: int, n_prev: int, n_now: int
 
 @torch.no_grad()
 def image_embeddings(model, arch: ArchConfig, sets, batch: int = 256) -> dict[str, torch.Tensor]:
+    """Image embeddings of every selection set, all encoded on this rank (ranks score different variants)."""
     model.set_arch(arch)
-    return {name: torch.cat([model.encode_image(t["images"][i:i + batch]) for i in range(0, len(t["images"]), batch)])
-            for name, t in sets.tasks.items()}
+    return {d.name: encode_images(model, sets, d, batch, spread=False) for d in sets.sets}
 
 
 @torch.no_grad()
-def text_classifiers(model, arch: ArchConfig, sets, tokenize) -> dict[str, torch.Tensor]:
+def text_embeddings(model, arch: ArchConfig, sets, tokenize, batch: int = 256) -> dict[str, torch.Tensor]:
+    """The classifier of every zero-shot set and the caption embeddings of every retrieval set."""
     model.set_arch(arch)
-    return {name: task_classifier(model.encode_text(tokenize(task_prompts(t))), t) for name, t in sets.tasks.items()}
+    return {d.name: classifier(model, d, tokenize, batch, spread=False) if d.kind == "zeroshot" else
+            encode_texts(model, d.texts, tokenize, batch, spread=False) for d in sets.sets}
 
 
-def accuracy(img: dict, cls: dict, sets) -> float:
-    """Mean top-1 over the selection tasks, in [0, 1]."""
-    accs = [topk_accuracy(img[n] @ cls[n].T, t["labels"], ks=(1,))["top1"] for n, t in sets.tasks.items()]
-    return sum(accs) / len(accs)
+def accuracy(img: dict, txt: dict, sets) -> float:
+    """A in [0, 1]: the selection accuracy of one candidate's image and text embeddings."""
+    result = {"zero_shot": {d.name: zeroshot_metrics(img[d.name], txt[d.name], d) for d in sets.zeroshot},
+              "retrieval_sets": {d.name: set_retrieval_metrics(img[d.name], txt[d.name], d.text_image)
+                                 for d in sets.retrieval}}
+    return selection_accuracy(result)
 
 
 def variants(prev: ArchConfig, growth: GrowthConfig) -> list[tuple[str, tuple, ArchConfig]]:
@@ -79,7 +84,7 @@ def run_gas(model, prev: ArchConfig, growth: GrowthConfig, sets, tokenize, step_
         f = _variant_file(folder, kind, key)
         if f.exists():
             continue
-        emb = image_embeddings(model, arch, sets) if kind == "img" else text_classifiers(model, arch, sets, tokenize)
+        emb = image_embeddings(model, arch, sets) if kind == "img" else text_embeddings(model, arch, sets, tokenize)
         save_file(emb, str(f.with_name(f.name + ".tmp")))
         os.replace(f.with_name(f.name + ".tmp"), f)
         written += 1
@@ -146,5 +151,5 @@ def choose(jsonl: Path, prev: ArchConfig, growth: GrowthConfig) -> tuple[int, Ar
 def score_each_candidate(model, prev: ArchConfig, growth: GrowthConfig, sets, tokenize) -> list[float]:
     """Reference: one full pass per candidate (64 image + 64 text passes); same accuracies."""
     model.eval()
-    return [accuracy(image_embeddings(model, c, sets), text_classifiers(model, c, sets, tokenize), sets)
+    return [accuracy(image_embeddings(model, c, sets), text_embeddings(model, c, sets, tokenize), sets)
             for c in space.candidates(prev, growth)]

@@ -5,7 +5,8 @@
 
 ``old`` and ``grown`` are plain models with their architectures set; ``loss`` is the contrastive
 loss on one fixed batch of step t's new training data (the same on every rank, not gathered),
-``top1`` the mean zero-shot top-1 over the selection split's tasks (never the test split). Every rank must call it: the
+``top1`` the selection accuracy (GAS's A: mean zero-shot top-1 of the selection split's tasks, or
+its mean R@1 where it has retrieval sets only; never the test split). Every rank must call it: the
 evaluation is spread over ranks.
 """
 from __future__ import annotations
@@ -17,14 +18,14 @@ from ..loss import clip_loss
 
 @torch.no_grad()
 def model_scores(model, batch: dict, sets, tokenize) -> dict:
-    from ..eval.evaluate import evaluate
+    from ..eval.evaluate import evaluate, selection_accuracy
 
     was_training = model.training
     model.eval()
     loss = clip_loss(*model(batch["images"], batch["tokens"]), gather=False).item()
-    zs = evaluate(model, sets, tokenize)["zero_shot"]
+    top1 = selection_accuracy(evaluate(model, sets, tokenize))
     model.train(was_training)
-    return {"loss": loss, "top1": sum(t["top1"] for t in zs.values()) / max(1, len(zs))}
+    return {"loss": loss, "top1": top1}
 
 
 def measure_kept(old, grown, batch: dict, sets, tokenize) -> dict:
@@ -35,4 +36,4 @@ def describe(kept: dict) -> str:
     """One line: loss and selection top-1, old -> grown."""
     o, g = kept["old"], kept["grown"]
     return (f"loss {o['loss']:.3f} -> {g['loss']:.3f} ({100 * (g['loss'] / o['loss'] - 1):+.1f}%), "
-            f"selection top-1 {100 * o['top1']:.1f} -> {100 * g['top1']:.1f}")
+            f"selection accuracy {100 * o['top1']:.1f} -> {100 * g['top1']:.1f}")

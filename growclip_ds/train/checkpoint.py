@@ -1,17 +1,18 @@
 """Checkpoints: DeepSpeed's own layout for resuming, consolidated safetensors for growth and eval.
 
-- ``<phase>/checkpoints/global_step<N>/`` + ``latest``: DeepSpeed's files, then our manifest (sizes,
-  CRC32s, metadata), then ``latest``; resume takes the newest checkpoint that verifies and says
-  which it refused and why. At another world size it loads a universal conversion (``universal``).
+- ``<phase>/checkpoints/global_step<N>/`` + ``latest``: DeepSpeed's files, then our signed manifest
+  (size and keyed hash of every file, metadata; ``signing``), then ``latest``; resume takes the
+  newest checkpoint that verifies and says which it refused and why. Nothing is unpickled from a
+  folder whose manifest does not verify. At another world size it loads a universal conversion.
 - ``<step>/model.safetensors`` + ``arch.json``: all ZeRO partitions merged by DeepSpeed's
   zero_to_fp32 machinery, written under a temporary name and then ``os.replace``d.
 """
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import shutil
-import zlib
 from pathlib import Path
 
 import torch
@@ -21,15 +22,26 @@ from .. import faults
 from ..config import ArchConfig
 from ..distributed import any_rank, barrier, rank_world
 from ..model import param_count
+from . import cadence, nonfinite, signing
 from . import universal as universal_ckpt
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary name, fsync it, rename over ``path``, fsync the folder: after a power
+    loss ``path`` holds either the old or the new text, never an empty file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 MANIFEST = "growclip_manifest.json"
@@ -44,22 +56,33 @@ def latest_tag(ckpt_dir: Path) -> str | None:
     return f.read_text().strip() if f.exists() else None
 
 
-def _crc(path: Path) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            crc = zlib.crc32(chunk, crc)
-    return crc
+def write_manifest(folder: Path, tag: str, meta: dict) -> None:
+    """Size and keyed hash of every file of ``folder``, our metadata, and the manifest's own MAC."""
+    k = signing.key()
+    files = {str(f.relative_to(folder)): {"bytes": f.stat().st_size, "hmac": signing.file_mac(f, k)}
+             for f in sorted(folder.rglob("*")) if f.is_file() and f.name != MANIFEST}
+    body = {"tag": tag, "meta": meta, "files": files}
+    atomic_write_text(folder / MANIFEST, json.dumps({**body, "signature": signing.sign(body, k)}))
 
 
-def save(engine, ckpt_dir: Path, global_step: int, meta: dict) -> str:
+def save(engine, ckpt_dir: Path, global_step: int, meta: dict, keep: int = 0) -> str:
     """DeepSpeed's checkpoint, then a manifest (size and CRC32 of every file, our metadata), then
     ``latest`` (atomically), in that order: a crash or a full disk at any point leaves the previous
-    ``latest`` valid. A failed save removes its partial folder and raises on every rank."""
+    ``latest`` valid. A folder of the same tag left by an earlier, unfinished save (perhaps at
+    another world size, with more partition files) is removed first, so a checkpoint never mixes
+    files of two saves. A failed save removes its partial folder and raises on every rank. After a
+    good save, all but the ``keep`` newest checkpoints are deleted (0: none)."""
     rank, _ = rank_world()
     tag = f"global_step{global_step}"
     folder = Path(ckpt_dir) / tag
+    if rank == 0 and folder.exists():
+        if tag == latest_tag(ckpt_dir):
+            raise CheckpointError(f"{folder} is the checkpoint `latest` names; refusing to save over it")
+        print(f"[growclip_ds] removing {folder}: left by a save that did not finish", flush=True)
+        shutil.rmtree(folder)
+    barrier()
     failed = None
+    faults.disk_full(engine, global_step)
     try:
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"growclip": meta}, save_latest=False)
     except (OSError, RuntimeError) as e:  # a full disk surfaces from torch.save as a RuntimeError
@@ -68,10 +91,9 @@ def save(engine, ckpt_dir: Path, global_step: int, meta: dict) -> str:
     faults.hit("save", global_step)
     if not any_rank(failed is not None) and rank == 0:
         try:
-            files = {str(f.relative_to(folder)): {"bytes": f.stat().st_size, "crc32": _crc(f)}
-                     for f in sorted(folder.rglob("*")) if f.is_file() and f.name != MANIFEST}
-            atomic_write_text(folder / MANIFEST, json.dumps({"tag": tag, "meta": meta, "files": files}))
+            write_manifest(folder, tag, meta)
             atomic_write_text(Path(ckpt_dir) / "latest", tag)
+            cadence.retain(ckpt_dir, keep, tag)
         except OSError as e:
             failed = e
     if any_rank(failed is not None):
@@ -86,22 +108,28 @@ def save(engine, ckpt_dir: Path, global_step: int, meta: dict) -> str:
 
 
 def verify(folder: Path) -> str | None:
-    """None if ``folder`` is a complete checkpoint, else why not (naming the file)."""
+    """None if ``folder`` is a complete checkpoint signed with our key, else why not (naming the file).
+    Reads bytes only: nothing is unpickled."""
     man = folder / MANIFEST
     if not man.exists():
         return f"{man} is missing (the save did not finish)"
     try:
-        files = json.loads(man.read_text())["files"]
-    except (json.JSONDecodeError, KeyError):
+        doc = json.loads(man.read_text())
+        body = {k: doc[k] for k in ("tag", "meta", "files")}
+    except (json.JSONDecodeError, KeyError, TypeError):
         return f"{man} is unreadable"
-    for rel, want in files.items():
+    k = signing.key()
+    if not hmac.compare_digest(str(doc.get("signature", "")), signing.sign(body, k)):
+        return (f"{man} is not signed with this machine's checkpoint key ({signing.KEY_ENV} or "
+                f"{signing.key_file()}): written elsewhere, before keyed manifests, or edited")
+    for rel, want in body["files"].items():
         f = folder / rel
         if not f.exists():
             return f"{f} is missing"
         if f.stat().st_size != want["bytes"]:
             return f"{f} has {f.stat().st_size} bytes, the manifest says {want['bytes']} (truncated?)"
-        if _crc(f) != want["crc32"]:
-            return f"{f} fails its CRC32 check (corrupt)"
+        if not hmac.compare_digest(signing.file_mac(f, k), want["hmac"]):
+            return f"{f} fails its keyed hash (corrupt or tampered)"
     return None
 
 
@@ -113,8 +141,7 @@ def pick_tag(ckpt_dir: Path, log=print) -> str | None:
     """The newest valid checkpoint: ``latest`` if it verifies, else the previous ones in turn.
     Each refused checkpoint is reported with the reason; None if there is no checkpoint at all."""
     ckpt_dir = Path(ckpt_dir)
-    tags = sorted((d.name for d in ckpt_dir.glob("global_step*") if d.is_dir() and d.name[11:].isdigit()),
-                  key=lambda t: int(t[11:]), reverse=True)
+    tags = cadence.step_tags(ckpt_dir)[::-1]
     latest = latest_tag(ckpt_dir)
     order = ([latest] if latest in tags else []) + [t for t in tags if t != latest]
     refused = []
@@ -149,10 +176,16 @@ def resume(engine, ckpt_dir: Path, tag: str | None, universal: bool = False) -> 
 
 
 def consolidated_state_dict(ckpt_dir: Path, tag: str | None = None) -> dict[str, torch.Tensor]:
-    """fp32 state dict with all ZeRO partitions merged (any stage, any world size)."""
+    """fp32 state dict with all ZeRO partitions merged (any stage, any world size), from a
+    checkpoint whose signed manifest verifies (DeepSpeed's files are pickles)."""
     ckpt_dir = Path(ckpt_dir)
     tag = tag or pick_tag(ckpt_dir)
+    if tag is None:
+        raise CheckpointError(f"{ckpt_dir}: no checkpoint to consolidate")
     folder = ckpt_dir / tag
+    why = verify(folder)
+    if why:
+        raise CheckpointError(f"refusing to load {folder}: {why}")
     if any(folder.glob("*optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -167,6 +200,10 @@ def write_model(out_dir: Path, state_dict: dict, arch: ArchConfig, extra: dict |
                 name: str = "model.safetensors") -> None:
     """``model.safetensors`` + ``arch.json`` (architecture fields plus "params"), atomically."""
     out_dir = Path(out_dir)
+    bad = nonfinite.nonfinite_tensors(state_dict)
+    if bad:
+        raise nonfinite.NonFiniteError(f"{out_dir / name}: not written, {len(bad)} tensor(s) hold NaN/inf "
+                                       f"(first: {bad[0]}); a diverged model is never consolidated")
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / (name + ".tmp")
     save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp))

@@ -18,15 +18,17 @@ import torch
 
 from ..config import ArchConfig, RunConfig, replace
 from .. import faults
-from ..distributed import barrier, check_same, rank_world
-from ..data.loader import EpochPlan, make_loader
+from ..distributed import any_ranks, barrier, check_same, rank_world
+from ..data.loader import EpochPlan, Liveness, make_loader
 from ..data.manifest import Manifest
 from ..data.mixture import Source
-from ..data.tokenizer import TextTokenizer
+from ..data.tokenizer import load_tokenizer
 from ..loss import clip_loss, lwf_kl
+from ..factory import build
 from ..model import GrowCLIP
 from ..model.flops import forward_flops, train_flops
-from . import checkpoint, preempt
+from . import checkpoint, nonfinite, preempt
+from .cadence import Cadence
 from .engine import build_engine
 from .metrics import MetricsLogger
 
@@ -54,18 +56,6 @@ def mixture_sources(manifest: Manifest, mixture: list[Source]) -> tuple[list, in
         if not shards:
             raise ValueError(f"{manifest.root}: the manifest has no shards for steps {list(src.steps)}")
     return sources, round(sum(src.keep * manifest.num_samples(list(src.steps)) for src in mixture))
-
-
-def tokenizer_path(cfg: RunConfig) -> Path:
-    return Path(cfg.data.tokenizer) if cfg.data.tokenizer else Path(cfg.data.root) / "tokenizer"
-
-
-def load_tokenizer(cfg: RunConfig, arch: ArchConfig) -> TextTokenizer:
-    tok = TextTokenizer(tokenizer_path(cfg), arch.context_length)
-    if tok.vocab_size > arch.vocab_size:
-        raise ValueError(f"arch.vocab_size={arch.vocab_size} is smaller than the tokenizer needs "
-                         f"({tok.vocab_size} = its {tok.vocab_size - 1} ids + padding); raise arch.vocab_size")
-    return tok
 
 
 def plan_steps(cfg: RunConfig, num_samples: int, epochs: float | None,
@@ -125,8 +115,7 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
     teacher, teacher_flops = None, 0
     if phase.teacher is not None:
         teacher_flops = forward_flops(phase.teacher[1])
-        teacher = GrowCLIP(phase.teacher[1])
-        teacher.load_state_dict(phase.teacher[0])
+        teacher = build(*phase.teacher)
         teacher.eval().requires_grad_(False)
 
     model = GrowCLIP(phase.arch, seed=t.seed)
@@ -172,8 +161,14 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
         checkpoint.save(engine, ckpt_dir, step_now, {**base_meta, "global_step": step_now,
                                                      "samples_seen": samples_seen, "data_state": state,
                                                      "train_flops": flops_done, "device_s": device_s,
-                                                     "samples_by_source": by_source(),
-                                                     "torch_rng": torch.get_rng_state().tolist()})
+                                                     "samples_by_source": by_source()},
+                        keep=t.keep_checkpoints)
+        cadence.saved()
+
+    cadence = Cadence(t.checkpoint_every, t.checkpoint_every_minutes)
+    guard = nonfinite.Guard(t.max_nonfinite, str(phase_dir), latest=lambda: checkpoint.latest_tag(ckpt_dir))
+    liveness = Liveness(cfg.data.max_bad_in_row, cfg.data.max_idle_minutes * 60)
+    skipped = {"bad": 0, "raw": 0}   # undecodable samples and samples read, this rank, since (re)start
 
     losses: list[float] = []
     last_saved = step if meta else -1
@@ -193,7 +188,8 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
                          micro_batch=t.micro_batch, batches=per_epoch * accum, num_workers=cfg.data.num_workers,
                          resample=cfg.data.resample, shuffle_buffer=cfg.data.shuffle_buffer,
                          start_batch=in_epoch * accum, raw_done=raw_done,
-                         stream_tag=stream_tag if in_epoch else "", sources=sources)
+                         stream_tag=stream_tag if in_epoch else "", sources=sources,
+                         exclude=manifest.holdout, liveness=liveness)
         raw_done = raw_done or [0] * max(1, cfg.data.num_workers)
         bad = {}
         it = iter(make_loader(plan, phase.arch.image_size, tok))
@@ -234,9 +230,12 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
                      bad_samples=sum(b[0] for b in bad.values()), bad_shards=sum(b[1] for b in bad.values()),
                      **extra)
             faults.hit("train", step)
-            preempted = preempt.requested(run_dir) and step < total
-            if (t.checkpoint_every and step % t.checkpoint_every == 0 and step < total) or step == stop_after \
-                    or preempted:
+            faults.delay()
+            bad_loss, preempted, due = any_ranks(not math.isfinite(loss_sum), preempt.asked(run_dir),
+                                                 cadence.due(step))
+            guard.after_step(step, bad_loss, engine.module, last_step=step == total)
+            preempted = preempted and step < total
+            if ((due and step < total) or step == stop_after or preempted) and not bad_loss:
                 check_same(step + faults.skew("datastep"), "optimizer step", f"the checkpoint of {phase_dir}")
                 save(step, state)
                 last_saved = step
@@ -245,14 +244,29 @@ def run_phase(cfg: RunConfig, phase: Phase, run_dir: Path, progress: bool = True
                 return {"phase": phase.name, "stopped": True, "preempted": preempted, "ckpt_dir": str(ckpt_dir),
                         "total_steps": total, "samples_seen": samples_seen, "losses": losses}
         data_state = {}
+        skipped["bad"] += sum(b[0] for b in bad.values())
+        skipped["raw"] += sum(raw_done) - sum(resume_state.get("raw_done", []))
     if last_saved != total:
         save(total, {"epoch": (total - 1) // per_epoch, "raw_done": []})
     log.close()
+    bad_fraction = skipped_fraction(skipped, cfg.data.warn_bad_fraction, str(phase_dir))
     barrier()
-    return {"phase": phase.name, "stopped": False, "ckpt_dir": str(ckpt_dir), "total_steps": total,
+    return {"phase": phase.name, "stopped": False, "nonfinite_steps": guard.total, "bad_fraction": bad_fraction, "ckpt_dir": str(ckpt_dir), "total_steps": total,
             "samples_seen": samples_seen, "train_flops": flops_done, "num_samples_data": n_samples,
             "device_s": device_s, "losses": losses,
             "samples_by_source": {src.label(): n for src, n in zip(phase.mixture or [], by_source())}}
+
+
+def skipped_fraction(skipped: dict, warn_above: float, where: str) -> float:
+    """Fraction of samples read that could not be decoded, over all ranks; warns above ``warn_above``."""
+    t = torch.tensor([skipped["bad"], skipped["raw"]], dtype=torch.float64)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+    frac = float(t[0] / t[1]) if t[1] else 0.0
+    if frac > warn_above and rank_world()[0] == 0:
+        print(f"[growclip_ds] WARNING {where}: {int(t[0])} of {int(t[1])} samples read ({100 * frac:.1f}%) could "
+              f"not be decoded and were skipped (data.warn_bad_fraction={warn_above})", flush=True)
+    return frac
 
 
 def finish_step(cfg: RunConfig, run_dir: Path, growth_step: int, ckpt_dir: Path | None, arch: ArchConfig,
@@ -263,14 +277,19 @@ def finish_step(cfg: RunConfig, run_dir: Path, growth_step: int, ckpt_dir: Path 
 
     rank, _ = rank_world()
     out = Path(run_dir) / f"step{growth_step}"
+    bad = []
     if rank == 0:
-        checkpoint.write_model(out, state if state is not None else checkpoint.consolidated_state_dict(ckpt_dir),
-                               arch, extra)
+        sd = state if state is not None else checkpoint.consolidated_state_dict(ckpt_dir)
+        bad = nonfinite.nonfinite_tensors(sd)
+        if not bad:
+            checkpoint.write_model(out, sd, arch, extra)
+    if any_ranks(bool(bad))[0]:
+        raise nonfinite.NonFiniteError(f"{ckpt_dir or out}: the model to consolidate holds NaN/inf "
+                                       f"({', '.join(bad[:3]) or 'see rank 0'}); not written, step not finished")
     barrier()
     sd, arch = checkpoint.read_model(out)
-    model = GrowCLIP(arch)
-    model.load_state_dict(sd)
-    result = evaluate(model, EvalSets(cfg.data.root, arch.image_size), load_tokenizer(cfg, arch))
+    model = build(sd, arch)
+    result = evaluate(model, EvalSets(cfg.data, arch.image_size), load_tokenizer(cfg, arch))
     if rank == 0:
         checkpoint.atomic_write_text(out / "eval.json", json.dumps(result, indent=1))
     barrier()

@@ -28,6 +28,11 @@ def install() -> None:
         signal.signal(sig, _handler)
 
 
+def asked(run_dir: Path) -> bool:
+    """This rank's view: signalled, or the stop file exists (agree with ``any_ranks`` before acting)."""
+    return _signalled or (Path(run_dir) / STOP_FILE).exists()
+
+
 def requested(run_dir: Path) -> bool:
     """True on every rank once any rank was signalled or the stop file exists (collective)."""
-    return any_rank(_signalled or (Path(run_dir) / STOP_FILE).exists())
+    return any_rank(asked(run_dir))

@@ -4,15 +4,13 @@ PY=${GROWCLIP_PYTHON:-.venv/bin/python}
 MODE=${GROWCLIP_LAUNCH_MODE:-srun}
 # the venv's bin first, as if activated: its ninja is the one that built DeepSpeed's JIT ops at set-up
 PATH="$(cd "$(dirname "$PY")" && pwd):$PATH"; export PATH
-eval "$("$PY" -m growclip_ds.slurm env)" || exit 2
-
-growclip_arg() {  # growclip_arg --run-dir "$@": the value of that flag in the arguments
-  local flag=$1; shift
-  while [ $# -gt 0 ]; do [ "$1" = "$flag" ] && { echo "$2"; return; }; shift; done
-}
-
-RUN_DIR=$(growclip_arg --run-dir "$@")
-RUN_DIR=${RUN_DIR:-runs/$(growclip_arg --config "$@")}
+# rendezvous variables and the run folder (by the launcher's own argument parser), as quoted export
+# lines in a private file: nothing of the paths or arguments is ever evaluated as shell code
+GROWCLIP_ENV_FILE=$(mktemp "${TMPDIR:-/tmp}/growclip_env.XXXXXX") || exit 2
+"$PY" -m growclip_ds.slurm env --out "$GROWCLIP_ENV_FILE" -- "$@" || { rm -f "$GROWCLIP_ENV_FILE"; exit 2; }
+# shellcheck disable=SC1090
+source "$GROWCLIP_ENV_FILE"; rm -f "$GROWCLIP_ENV_FILE"
+RUN_DIR=$GROWCLIP_RUN_DIR
 mkdir -p "$RUN_DIR" && rm -f "$RUN_DIR/STOP"
 trap 'echo "[growclip_ds] preemption notice: asking ranks to checkpoint"; touch "$RUN_DIR/STOP"' USR1 TERM
 
