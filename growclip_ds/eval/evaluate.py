@@ -56,19 +56,20 @@ class EvalSets:
             return
         tf = image_transform(self.image_size)
         keep = len(dset) * 3 * self.image_size ** 2 * 4 / world <= CACHE_BYTES
-        out, buf = [], []
+        out, buf = [], []     # out: this pass's batches, kept only when they are to be cached
         for i, raw in enumerate(dset.images()):
-            if i % world != rank:
-                continue
-            with Image.open(io.BytesIO(raw)) as im:
-                buf.append(tf(im.convert("RGB")))
-            if len(buf) == batch:
-                out.append(torch.stack(buf)) if keep else None
-                yield torch.stack(buf)
+            if i % world == rank:
+                with Image.open(io.BytesIO(raw)) as im:
+                    buf.append(tf(im.convert("RGB")))
+            last = i == len(dset) - 1
+            if buf and (len(buf) == batch or last):
+                x = torch.stack(buf)
+                out += [x] if keep else []
                 buf = []
-        if buf:
-            out.append(torch.stack(buf)) if keep else None
-            yield torch.stack(buf)
+                yield x
+        if buf:   # fewer images than the set counted when it was opened
+            raise RuntimeError(f"evaluation set {dset.name!r} yielded fewer images than its {len(dset)} samples; "
+                               "were its files changed during the run?")
         if keep:
             self._cache[key] = out
 

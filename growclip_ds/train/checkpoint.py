@@ -75,9 +75,10 @@ def save(engine, ckpt_dir: Path, global_step: int, meta: dict, keep: int = 0) ->
     rank, _ = rank_world()
     tag = f"global_step{global_step}"
     folder = Path(ckpt_dir) / tag
-    if rank == 0 and folder.exists():
-        if tag == latest_tag(ckpt_dir):
-            raise CheckpointError(f"{folder} is the checkpoint `latest` names; refusing to save over it")
+    stale = rank == 0 and folder.exists()
+    if any_rank(stale and tag == latest_tag(ckpt_dir)):   # every rank raises, none waits for rank 0
+        raise CheckpointError(f"{folder} is the checkpoint `latest` names; refusing to save over it")
+    if stale:
         print(f"[growclip_ds] removing {folder}: left by a save that did not finish", flush=True)
         shutil.rmtree(folder)
     barrier()
