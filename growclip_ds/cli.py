@@ -75,8 +75,9 @@ def _eval(args) -> int:
 
 
 def launch_env() -> dict:
-    env = dict(os.environ)
-    env.setdefault("DS_ACCELERATOR", "cpu")
+    from .distributed import accelerator_env
+
+    env = accelerator_env(dict(os.environ))   # no CPU default on a machine with a GPU
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     env["PYTHONPATH"] = f"{REPO}:{env.get('PYTHONPATH', '')}"
     return env

@@ -42,7 +42,7 @@ class ArchConfig:
     embed_dim: int = 512          # joint space width, also the shared encoder's width D^S
     stem_channels: int = 64       # C of the conv stem
     stem: str = "conv"            # "conv" (GrowCLIP) or "patch" (CLIP's plain patch embedding)
-    vocab_size: int = 49408
+    vocab_size: int = 49409       # CLIP's BPE has 49408 ids; model ids are those + 1 (0 is padding)
     mlp_ratio: int = 4
 
     @property

@@ -10,6 +10,15 @@ import torch.distributed as dist
 SHM_PREFIX = "deepspeed_allreduce_buffer"
 
 
+def accelerator_env(env: dict) -> dict:
+    """``env`` with DeepSpeed's accelerator decided: the CPU accelerator only on a machine without
+    CUDA (an explicit DS_ACCELERATOR wins). The one place this is decided: the CLI's launches and
+    the launcher's ranks both call it."""
+    if "DS_ACCELERATOR" not in env and not torch.cuda.is_available():
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
 class RankDisagreement(RuntimeError):
     """Ranks hold different values of something that must be identical (subnet, data step, ...)."""
 

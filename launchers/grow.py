@@ -58,8 +58,9 @@ def init_distributed() -> None:
     import torch
     import torch.distributed as dist
 
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from growclip_ds.distributed import accelerator_env
+
+    accelerator_env(os.environ)
     for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
                  ("MASTER_PORT", "29533")):
         os.environ.setdefault(k, v)

@@ -63,3 +63,37 @@ def test_typo_in_a_preset_based_file_names_the_section(tmp_path):
     f.write_text(json.dumps({"preset": "tiny", "train": {"lr": 0.5, "warmup_stpes": 3}}))
     with pytest.raises(ConfigError, match=r"train.warmup_stpes: unknown field"):
         load_config(str(f))
+
+
+def test_paper_preset_takes_a_clip_sized_tokenizer(tmp_path):
+    """CLIP's tokenizer has 49,408 ids; with the +1 padding shift the model needs 49,409 rows."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from growclip_ds.data.tokenizer import load_tokenizer
+
+    vocab = {t: i for i, t in enumerate(["<|startoftext|>", "<|endoftext|>"] + [f"w{i}" for i in range(49406)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>").save_pretrained(
+        tmp_path / "clip_sized")
+    cfg = load_config("paper", [f"data.tokenizer={tmp_path / 'clip_sized'}"])
+    t = load_tokenizer(cfg, cfg.arch)            # raised "arch.vocab_size=49408 is smaller" before
+    assert t.vocab_size == cfg.arch.vocab_size == 49409
+    ids = t(["w49405 w0"])
+    assert ids.max().item() == 49408 and ids[0, 1].item() == 49408   # the last row of the embedding
+    with pytest.raises(ValueError, match="arch.vocab_size=49408 is smaller"):
+        load_tokenizer(load_config("paper", [f"data.tokenizer={tmp_path / 'clip_sized'}", "arch.vocab_size=49408"]),
+                       load_config("paper", ["arch.vocab_size=49408"]).arch)
+
+
+def test_cpu_accelerator_only_without_cuda(monkeypatch):
+    import torch
+
+    from growclip_ds.distributed import accelerator_env
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert "DS_ACCELERATOR" not in accelerator_env({})                 # a GPU machine: DeepSpeed decides
+    assert accelerator_env({"DS_ACCELERATOR": "cpu"})["DS_ACCELERATOR"] == "cpu"   # explicit wins
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert accelerator_env({})["DS_ACCELERATOR"] == "cpu"
