@@ -59,13 +59,14 @@ def _data_split(args) -> int:
 def _eval(args) -> int:
     from .eval.evaluate import EvalSets, evaluate
     from .config import replace
+    from .distributed import accelerator_device
     from .factory import build, run_tokenizer_dir
     from .train.checkpoint import read_model
     from .data.tokenizer import load_tokenizer
 
     cfg = load_config(args.config, args.set)
     sd, arch = read_model(Path(args.model))
-    model = build(sd, arch)
+    model = build(sd, arch, accelerator_device())
     if run_tokenizer_dir(args.model).exists():   # the vocabulary the run was trained with
         cfg = replace(cfg, data=replace(cfg.data, tokenizer=str(run_tokenizer_dir(args.model))))
     role = "selection" if args.split == "selection" else "test"

@@ -19,6 +19,14 @@ def accelerator_env(env: dict) -> dict:
     return env
 
 
+def accelerator_device() -> torch.device:
+    """The device DeepSpeed's engine of this rank runs on ("cpu" with the CPU accelerator, "cuda:N"
+    on a GPU): where evaluation, GAS and growth measurements run too."""
+    from deepspeed.accelerator import get_accelerator
+
+    return torch.device(get_accelerator().current_device_name())
+
+
 class RankDisagreement(RuntimeError):
     """Ranks hold different values of something that must be identical (subnet, data step, ...)."""
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from .config import ConfigError, RunConfig
 from .data.manifest import Manifest
 from .data.mixture import replay_mixture
-from .distributed import rank_world
+from .distributed import accelerator_device, rank_world
 from .growth.pim import pim
 from .model.init import name_seed
 from .train import checkpoint
@@ -139,7 +139,7 @@ def patch_step(cfg: RunConfig, step: int, run_dir: Path, progress: bool = True) 
     last = step - 1 if cfg.method.patch_select == "old" else step
     scores = {}
     for alpha in cfg.method.alphas():
-        model = build(interpolate(old, new, alpha), arch)
+        model = build(interpolate(old, new, alpha), arch, accelerator_device())
         by_step = evaluate(model, sets, tok)["retrieval_by_step"]
         scores[alpha] = sum(by_step[str(j)]["mean_R@1"] for j in range(1, last + 1)) / last
         if progress and rank_world()[0] == 0:

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from .config import ArchConfig, RunConfig
 from .data.manifest import Manifest
 from . import methods
-from .distributed import barrier, rank_world
+from .distributed import accelerator_device, barrier, rank_world
 from .growth import space
 from .growth.gas import run_gas
 from .growth.kept import describe as describe_kept, measure_kept
@@ -139,9 +139,9 @@ class GrowthStep:
             torch.distributed.broadcast_object_list(flag, src=0)
         if not flag[0]:
             t0 = time.time()
-            old = build(checkpoint.read_model(src_dir)[0], src_arch)
+            old = build(checkpoint.read_model(src_dir)[0], src_arch, accelerator_device())
             old.set_arch(dst if which == "pim3" else src_arch)   # pim3: the choice as it was inside the supernet
-            kept = measure_kept(old, build(state, dst), self.fixed_batch(), self.selection_sets(),
+            kept = measure_kept(old, build(state, dst, accelerator_device()), self.fixed_batch(), self.selection_sets(),
                                 self.tokenizer())
             if rank_world()[0] == 0:
                 print(f"[growclip_ds] step {self.t} {which} ({self.inheritance(which)['inherit']}): "
@@ -298,7 +298,7 @@ def _run_gas(cfg: RunConfig, gs: GrowthStep, progress: bool, t0: float) -> dict:
     from .eval.evaluate import selection_sets
 
     sd, arch = checkpoint.read_model(gs.latest_supernet_dir())
-    model = build(sd, arch)
+    model = build(sd, arch, accelerator_device())
     sets = selection_sets(cfg.data, arch.image_size)
     with torch.no_grad():
         idx, chosen = run_gas(model, gs.prev_arch, cfg.growth, sets, load_tokenizer(cfg, arch), gs.dir,

@@ -22,7 +22,8 @@ def model_scores(model, batch: dict, sets, tokenize) -> dict:
 
     was_training = model.training
     model.eval()
-    loss = clip_loss(*model(batch["images"], batch["tokens"]), gather=False).item()
+    dev = next(model.parameters()).device
+    loss = clip_loss(*model(batch["images"].to(dev), batch["tokens"].to(dev)), gather=False).item()
     top1 = selection_accuracy(evaluate(model, sets, tokenize))
     model.train(was_training)
     return {"loss": loss, "top1": top1}

@@ -18,7 +18,7 @@ import torch
 
 from ..config import ArchConfig, RunConfig, replace
 from .. import faults
-from ..distributed import any_ranks, barrier, check_same, rank_world
+from ..distributed import accelerator_device, any_ranks, barrier, check_same, rank_world
 from ..data.loader import EpochPlan, Liveness, make_loader
 from ..data.manifest import Manifest
 from ..data.mixture import Source
@@ -288,7 +288,7 @@ def finish_step(cfg: RunConfig, run_dir: Path, growth_step: int, ckpt_dir: Path 
                                        f"({', '.join(bad[:3]) or 'see rank 0'}); not written, step not finished")
     barrier()
     sd, arch = checkpoint.read_model(out)
-    model = build(sd, arch)
+    model = build(sd, arch, accelerator_device())
     result = evaluate(model, EvalSets(cfg.data, arch.image_size), load_tokenizer(cfg, arch))
     if rank == 0:
         checkpoint.atomic_write_text(out / "eval.json", json.dumps(result, indent=1))
