@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import PEAK_FLOPS, write_record  # noqa: E402
-from growclip_ds.config import PRESETS  # noqa: E402
+from growclip_ds.presets import PRESETS  # noqa: E402
 from growclip_ds.growth import space  # noqa: E402
 from growclip_ds.model import param_count  # noqa: E402
 from growclip_ds.model.flops import forward_flops, image_flops, train_flops  # noqa: E402

@@ -6,6 +6,7 @@
     growclip-ds demo                               # make data, grow over all steps on 2 ranks, report
     growclip-ds plan runs/demo --config demo       # what the next growth step would do, and its cost
     growclip-ds report runs/demo
+    growclip-ds export runs/vitb/step1 --format hf --out exported/hf   # CLIPModel / open_clip (vit-b-16 style)
 """
 from __future__ import annotations
 
@@ -72,6 +73,14 @@ def _eval(args) -> int:
     role = "selection" if args.split == "selection" else "test"
     res = evaluate(model, EvalSets(cfg.data, arch.image_size, role=role), load_tokenizer(cfg, arch))
     print(json.dumps(res, indent=1))
+    return 0
+
+
+def _export(args) -> int:
+    from .export import export
+
+    out = export(args.step_dir, args.format, args.out, args.tokenizer)
+    print(f"export: {args.format} model and tokenizer written to {out}")
     return 0
 
 
@@ -184,6 +193,14 @@ def main(argv=None) -> int:
                          "made on")
     ev.set_defaults(fn=_eval)
 
+    ex = sub.add_parser("export", help="a step's model as a Hugging Face CLIPModel folder or an open_clip "
+                                       "checkpoint (patch stem, arch.tower=clip: growclip_ds/export.py)")
+    ex.add_argument("step_dir", help="a finished step folder (model.safetensors + arch.json)")
+    ex.add_argument("--format", required=True, choices=("hf", "open_clip"))
+    ex.add_argument("--out", required=True, help="a new folder")
+    ex.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the run's copy, <run>/tokenizer)")
+    ex.set_defaults(fn=_export)
+
     dm = sub.add_parser("demo", parents=[common], help="the main job: data, training on N ranks, report")
     dm.add_argument("--run-dir", default=None)
     dm.add_argument("--ranks", type=int, default=2)
@@ -215,7 +232,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

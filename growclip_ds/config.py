@@ -44,6 +44,10 @@ class ArchConfig:
     stem: str = "conv"            # "conv" (GrowCLIP) or "patch" (CLIP's plain patch embedding)
     vocab_size: int = 49409       # CLIP's BPE has 49408 ids; model ids are those + 1 (0 is padding)
     mlp_ratio: int = 4
+    tower: str = "growclip"       # "growclip": pooled token projected to D^S, then final LN and a biased
+                                  # head (shared blocks possible); "clip": CLIP's towers (LN after the
+                                  # positions, final LN at the tower's width, bias-free head; no shared
+                                  # blocks), what Hugging Face CLIPModel and open_clip load (growclip-ds export)
 
     @property
     def img_width(self) -> int:
@@ -66,6 +70,9 @@ class ArchConfig:
             v = getattr(self, f)
             _check(isinstance(v, int) and v >= 0, f"{prefix}.{f}", "must be an integer >= 0", v)
         _check(self.stem in ("conv", "patch"), f"{prefix}.stem", "must be 'conv' or 'patch'", self.stem)
+        _check(self.tower in ("growclip", "clip"), f"{prefix}.tower", "must be 'growclip' or 'clip'", self.tower)
+        _check(self.tower == "growclip" or self.shared_blocks == 0, f"{prefix}.shared_blocks",
+               "must be 0 with tower='clip' (CLIP's towers share no blocks)", self.shared_blocks)
         _check(self.image_size % self.patch_size == 0, f"{prefix}.patch_size",
                f"must divide image_size={self.image_size}", self.patch_size)
         if self.stem == "conv":
@@ -122,26 +129,21 @@ class TrainConfig:
         _check(self.global_batch % self.micro_batch == 0, f"{prefix}.global_batch",
                f"must be a multiple of micro_batch={self.micro_batch}", self.global_batch)
         _check(self.lr > 0 and math.isfinite(self.lr), f"{prefix}.lr", "must be a positive number", self.lr)
+        for f in ("warmup_steps", "num_samples", "grad_clip", "checkpoint_every", "checkpoint_every_minutes",
+                  "keep_checkpoints", "max_nonfinite"):
+            _check(getattr(self, f) >= 0, f"{prefix}.{f}", "must be >= 0", getattr(self, f))
         _check(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0", self.weight_decay)
-        _check(self.warmup_steps >= 0, f"{prefix}.warmup_steps", "must be >= 0", self.warmup_steps)
         _check(0 <= self.warmup_inherited <= 1, f"{prefix}.warmup_inherited", "must be in [0, 1]",
                self.warmup_inherited)
         _check(self.epochs > 0 or self.num_samples > 0, f"{prefix}.epochs",
                "must be > 0 unless num_samples > 0", self.epochs)
-        _check(self.num_samples >= 0, f"{prefix}.num_samples", "must be >= 0", self.num_samples)
         _check(self.optimizer in ("lamb", "adamw"), f"{prefix}.optimizer", "must be 'lamb' or 'adamw'",
                self.optimizer)
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{prefix}.betas",
                "must be two numbers in [0, 1)", self.betas)
-        _check(self.grad_clip >= 0, f"{prefix}.grad_clip", "must be >= 0", self.grad_clip)
         _check(self.zero_stage in (0, 1, 2, 3), f"{prefix}.zero_stage", "must be 0, 1, 2 or 3", self.zero_stage)
         _check(self.precision in ("fp32", "bf16", "fp16"), f"{prefix}.precision",
                "must be 'fp32', 'bf16' or 'fp16'", self.precision)
-        _check(self.checkpoint_every >= 0, f"{prefix}.checkpoint_every", "must be >= 0", self.checkpoint_every)
-        _check(self.checkpoint_every_minutes >= 0, f"{prefix}.checkpoint_every_minutes", "must be >= 0",
-               self.checkpoint_every_minutes)
-        _check(self.keep_checkpoints >= 0, f"{prefix}.keep_checkpoints", "must be >= 0", self.keep_checkpoints)
-        _check(self.max_nonfinite >= 0, f"{prefix}.max_nonfinite", "must be >= 0", self.max_nonfinite)
         _check(self.log_every >= 1, f"{prefix}.log_every", "must be >= 1", self.log_every)
         return self
 
@@ -240,10 +242,6 @@ class GrowthConfig:
         return self
 
 
-METHODS = ("growclip", "tfs", "twp", "sap", "nas", "oracle", "cumulative-all", "cumulative-exp",
-           "cumulative-equal", "sequential", "restart", "lwf", "patching")
-
-
 @dataclass(frozen=True)
 class MethodConfig:
     """Constants of the baselines and TiC-CLIP's methods (growclip_ds/methods.py says what each does)."""
@@ -293,6 +291,14 @@ class RunConfig:
         self.data.validate()
         self.growth.validate()
         self.method.validate()
+        a, g = self.arch, self.growth   # growth must stay inside what the architecture can express
+        _check(a.stem == "conv" or g.delta_conv_layers == 0, "growth.delta_conv_layers",
+               "must be 0 with arch.stem='patch' (no conv stem to deepen)", g.delta_conv_layers)
+        _check(a.tower == "growclip" or g.delta_shared_blocks == 0, "growth.delta_shared_blocks",
+               "must be 0 with arch.tower='clip' (CLIP's towers share no blocks)", g.delta_shared_blocks)
+        _check(a.tower == "growclip" or g.inherit != "preserve" or not (g.delta_img_heads or g.delta_txt_heads),
+               "growth.inherit", "'preserve' keeps CLIP's towers' function only when they deepen: set "
+               "growth.inherit=pim, or growth.delta_img_heads=0 and growth.delta_txt_heads=0", g.inherit)
         return self
 
     def to_dict(self) -> dict:
@@ -349,15 +355,6 @@ def _from_dict(cls, d: dict, prefix: str):
         if k not in known:
             raise ConfigError(f"{prefix}.{k}: unknown field; known fields: {', '.join(sorted(known))}")
     return cls(**{k: _coerce(known[k].type, v, f"{prefix}.{k}") for k, v in d.items()})
-
-
-def __getattr__(name: str):
-    """``PRESETS`` lives in presets.py (it needs the classes above); importable from here too."""
-    if name == "PRESETS":
-        from .presets import PRESETS
-
-        return PRESETS
-    raise AttributeError(name)
 
 
 def load_config(source: str, overrides: list[str] | None = None) -> RunConfig:

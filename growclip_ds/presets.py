@@ -39,8 +39,10 @@ PRESETS: dict[str, RunConfig] = {
                             beta=0.7, pim_scope="weights", inherit="preserve",
                             supernet_epochs=0.5, sample_epochs=0.5, final_epochs=4.0, check_every=10)),
     "paper": RunConfig(name="paper", arch=ArchConfig()),
+    # CLIP's own towers (arch.tower=clip): what growclip-ds export writes for Hugging Face and open_clip
     "vit-b-16": RunConfig(
         name="vit-b-16",
         arch=ArchConfig(img_conv_layers=0, img_blocks=12, img_heads=12, txt_blocks=12, txt_heads=8,
-                        shared_blocks=0, stem="patch", stem_channels=0)),
+                        shared_blocks=0, stem="patch", stem_channels=0, tower="clip"),
+        growth=GrowthConfig(delta_conv_layers=0, delta_shared_blocks=0)),
 }

@@ -26,7 +26,7 @@ def _checkpoint_key(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    from growclip_ds.config import PRESETS
+    from growclip_ds.presets import PRESETS
     from growclip_ds.data.builtin import make_builtin
 
     cfg = PRESETS["tiny"]

@@ -4,7 +4,8 @@ import json
 import pytest
 import torch.distributed as dist
 
-from growclip_ds.config import PRESETS, ConfigError, load_config
+from growclip_ds.config import ConfigError, load_config
+from growclip_ds.presets import PRESETS
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -19,6 +20,10 @@ def test_presets_validate(name):
     ("arch.patch_size=5", "arch.patch_size"),
     ("arch.img_heads=0", "arch.img_heads"),
     ("arch.stem=resnet", "arch.stem"),
+    ("arch.tower=vit", "arch.tower"),
+    ("arch.stem=patch", "arch.img_conv_layers"),
+    ("arch.tower=clip", "growth.delta_shared_blocks"),   # growth would add shared blocks CLIP has not
+    ("growth.inherit=preserve,arch.tower=clip,growth.delta_shared_blocks=0", "growth.inherit"),
     ("train.optimizer=sgd", "train.optimizer"),
     ("train.precision=fp8", "train.precision"),
     ("data.num_workers=-1", "data.num_workers"),
@@ -27,8 +32,14 @@ def test_presets_validate(name):
 ])
 def test_bad_value_names_the_field(override, field):
     with pytest.raises(ConfigError) as e:
-        load_config("tiny", [override])
+        load_config("tiny", override.split(","))
     assert str(e.value).startswith(field)
+
+
+def test_clip_towers_with_growth_they_can_express():
+    cfg = load_config("tiny", ["arch.tower=clip", "growth.delta_shared_blocks=0", "growth.inherit=preserve",
+                               "growth.delta_img_heads=0", "growth.delta_txt_heads=0"])   # deepening only
+    assert cfg.arch.tower == "clip" and PRESETS["vit-b-16"].arch.tower == "clip"
 
 
 def test_json_file_with_preset_base(tmp_path):

@@ -4,13 +4,16 @@ import pytest
 import torch
 from deepspeed.profiling.flops_profiler import FlopsProfiler
 
-from growclip_ds.config import PRESETS, load_config
+from growclip_ds.config import load_config
+from growclip_ds.presets import PRESETS
 from growclip_ds.model import GrowCLIP
 from growclip_ds.model.flops import forward_flops, hardware_train_flops, image_flops, text_flops, train_flops
 
 ARCHS = [("tiny", []),                                                 # conv stem, no shared stack
          ("tiny", ["arch.shared_blocks=2", "arch.img_conv_layers=2"]),  # shared stack: every token projected
-         ("tiny", ["arch.stem=patch", "arch.stem_channels=0", "arch.img_conv_layers=0"])]
+         ("tiny", ["arch.stem=patch", "arch.stem_channels=0", "arch.img_conv_layers=0", "growth.delta_conv_layers=0"]),
+         ("tiny", ["arch.stem=patch", "arch.stem_channels=0", "arch.img_conv_layers=0", "arch.tower=clip",
+                   "growth.delta_shared_blocks=0", "growth.delta_conv_layers=0"])]                # CLIP's towers
 
 
 def profile(arch, batch=3):

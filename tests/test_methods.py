@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from growclip_ds import methods
-from growclip_ds.config import PRESETS, replace
+from growclip_ds.config import replace
+from growclip_ds.presets import PRESETS
 from growclip_ds.data.loader import EpochPlan, make_loader
 from growclip_ds.data.manifest import Manifest
 from growclip_ds.data.mixture import in_buffer, replay_mixture

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from growclip_ds.config import PRESETS, ArchConfig
+from growclip_ds.config import ArchConfig
+from growclip_ds.presets import PRESETS
 from growclip_ds.growth.slicing import slice_state_dict
 from growclip_ds.model import GrowCLIP, param_count
 from growclip_ds.model.elastic import ElasticAttention
@@ -18,6 +19,8 @@ SUBS = [
     dict(img_conv_layers=1, img_blocks=2, img_heads=3, txt_blocks=3, txt_heads=2, shared_blocks=1),
     dict(img_heads=2, txt_blocks=2, shared_blocks=0),
 ]
+BIG_CLIP = ArchConfig(**{**BIG.to_dict(), "shared_blocks": 0, "tower": "clip"})   # CLIP's towers
+CASES = [(BIG, sub) for sub in SUBS] + [(BIG_CLIP, dict(img_heads=2, img_blocks=2, txt_heads=1, img_conv_layers=1))]
 
 
 def _inputs(arch, n=4):
@@ -29,14 +32,14 @@ def _inputs(arch, n=4):
     return images, tokens
 
 
-@pytest.mark.parametrize("sub", SUBS)
-def test_subnet_forward_equals_standalone_model(sub):
-    big = GrowCLIP(BIG, seed=3)
-    small_arch = ArchConfig(**{**BIG.to_dict(), **sub})
+@pytest.mark.parametrize("big_arch,sub", CASES)
+def test_subnet_forward_equals_standalone_model(big_arch, sub):
+    big = GrowCLIP(big_arch, seed=3)
+    small_arch = ArchConfig(**{**big_arch.to_dict(), **sub})
     big.set_arch(small_arch)
     small = GrowCLIP(small_arch, seed=99)
-    small.load_state_dict(slice_state_dict(big.state_dict(), BIG, small_arch))
-    images, tokens = _inputs(BIG)
+    small.load_state_dict(slice_state_dict(big.state_dict(), big_arch, small_arch))
+    images, tokens = _inputs(big_arch)
     with torch.no_grad():
         a, b = big(images, tokens), small(images, tokens)
     for x, y in zip(a, b):

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from growclip_ds.config import PRESETS
+from growclip_ds.presets import PRESETS
 from growclip_ds.growth import space
 from growclip_ds.growth.pim import rand_draw
 from growclip_ds.growth.preserve import preserve

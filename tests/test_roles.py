@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from growclip_ds.config import PRESETS
+from growclip_ds.presets import PRESETS
 from growclip_ds.growth import space
 from growclip_ds.model import GrowCLIP
 from growclip_ds.model.elastic import ElasticAttention, ElasticLayerNorm, ElasticLinear

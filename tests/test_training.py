@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from growclip_ds.config import PRESETS
+from growclip_ds.presets import PRESETS
 from growclip_ds.model import param_count
 from tests.conftest import launch, start
 

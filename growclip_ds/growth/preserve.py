@@ -42,6 +42,11 @@ def preserve(old_state: dict, old_arch: ArchConfig, new_arch: ArchConfig, seed: 
     """``gamma`` > 0 adds the paper's exploration term gamma x w_rand to the inherited part of every
     normally initialised tensor (not to what starts at zero): the function is then kept only to
     within that perturbation (``growth.preserve_gamma``; 0 by default)."""
+    if new_arch.tower == "clip" and (new_arch.img_width, new_arch.txt_width) != (old_arch.img_width, old_arch.txt_width):
+        # ln_pre's new channels would carry its bias, not the mean of the old channels, so no rule
+        # keeps the function when CLIP's towers widen (deepening is fine: new blocks start as identity)
+        raise ValueError("growth.inherit=preserve: CLIP's towers (arch.tower='clip') keep their function only "
+                         "when they deepen, not when they widen; use growth.inherit=pim, or delta_*_heads=0")
     out = pim(old_state, old_arch, new_arch, beta=1.0, gamma=0.0, seed=seed, copy_logit_scale=True)
     for name, (shape, spec) in arch_specs(new_arch).items():
         t = out[name]

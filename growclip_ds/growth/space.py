@@ -55,8 +55,8 @@ def image_variant(arch: ArchConfig) -> tuple:
 
 def text_variant(arch: ArchConfig) -> tuple:
     """What a text embedding depends on: (text blocks, text heads, shared blocks, image heads); the
-    image heads set the shared width D^S the text is projected into."""
-    return (arch.txt_blocks, arch.txt_heads, arch.shared_blocks, arch.img_heads)
+    image heads set the shared width D^S the text is projected into (CLIP's towers have none)."""
+    return (arch.txt_blocks, arch.txt_heads, arch.shared_blocks, arch.img_heads if arch.tower == "growclip" else 0)
 
 
 def sample_index(seed: int, growth_step: int, phase: str, iteration: int) -> int:

@@ -33,10 +33,12 @@ class GrowCLIP(nn.Module):
         self.image = ImageEncoder(arch)
         self.text = TextEncoder(arch)
         self.shared = SharedEncoder(arch)
-        self.img_ln_final = ElasticLayerNorm(ds)
-        self.txt_ln_final = ElasticLayerNorm(ds)
-        self.img_head = ElasticLinear(ds, e)
-        self.txt_head = ElasticLinear(ds, e)
+        clip_tower = arch.tower == "clip"    # final LN and head at each tower's own width, no head bias
+        wi, wt = (arch.img_width, arch.txt_width) if clip_tower else (ds, ds)
+        self.img_ln_final = ElasticLayerNorm(wi)
+        self.txt_ln_final = ElasticLayerNorm(wt)
+        self.img_head = ElasticLinear(wi, e, bias=not clip_tower)
+        self.txt_head = ElasticLinear(wt, e, bias=not clip_tower)
         self.logit_scale = nn.Parameter(torch.empty(1))  # 1-d: DeepSpeed cannot broadcast 0-d tensors
         declare(self, logit_scale=Role.LOGIT_SCALE)
         self.arch = arch
@@ -69,8 +71,10 @@ class GrowCLIP(nn.Module):
     def to_shared(self, x: torch.Tensor, proj: nn.Module, modality: str, pool) -> torch.Tensor:
         """Project tokens to D^S (the active image width), run the shared stack, pool. Without shared
         blocks the pooled token is projected alone: the projection acts per token, so the result is
-        the same at 1/N the cost."""
+        the same at 1/N the cost. CLIP's towers (no ``proj``) just pool."""
         ds = self.arch.img_width
+        if proj is None:
+            return pool(x)
         if self.shared.active_blocks == 0:
             return proj(pool(x), out=ds)
         return pool(self.shared(proj(x, out=ds), modality))
@@ -98,7 +102,7 @@ class GrowCLIP(nn.Module):
 def check_contains(big: ArchConfig, small: ArchConfig) -> None:
     """Raise ValueError unless ``small`` is a sub-architecture of ``big``."""
     fixed = ("head_dim", "image_size", "patch_size", "context_length", "embed_dim", "stem_channels",
-             "stem", "vocab_size", "mlp_ratio")
+             "stem", "vocab_size", "mlp_ratio", "tower")
     for f in fixed:
         if getattr(big, f) != getattr(small, f):
             raise ValueError(f"arch.{f}: {getattr(small, f)!r} differs from the supernet's {getattr(big, f)!r}; "
@@ -124,8 +128,11 @@ def param_count(arch: ArchConfig) -> int:
         stem = conv(3) + arch.img_conv_layers * (conv(c) + c) + wi * c * k * k + wi   # + c: the gate
     else:
         stem = wi * 3 * arch.patch_size ** 2
-    image = stem + wi + (arch.num_patches + 1) * wi + arch.img_blocks * block_params(wi, r) + wi * wi + wi
-    text = (arch.vocab_size + arch.context_length) * wt + arch.txt_blocks * block_params(wt, r) + wt * wi + wi
+    image = stem + wi + (arch.num_patches + 1) * wi + arch.img_blocks * block_params(wi, r)
+    text = (arch.vocab_size + arch.context_length) * wt + arch.txt_blocks * block_params(wt, r)
     shared = arch.shared_blocks * block_params(wi, r, shared=True)
-    heads = 2 * (2 * wi) + 2 * (wi * e + e)
-    return image + text + shared + heads + 1
+    if arch.tower == "clip":   # ln_pre; final LN and bias-free head at each tower's width
+        towers = 2 * wi + (2 * wi + wi * e) + (2 * wt + wt * e)
+    else:                      # projections to D^S; final LN and biased head at D^S
+        towers = (wi * wi + wi) + (wt * wi + wi) + 2 * (2 * wi) + 2 * (wi * e + e)
+    return image + text + shared + towers + 1

@@ -1,9 +1,10 @@
 """The three encoders of GrowCLIP: conv-stem ViT (image), causal transformer (text), shared stack.
 
 Each encoder is built at its largest size and runs any smaller size set by ``set_active``.
-Image and text encoders return token sequences at their own width; each owns the projection
-``proj`` to the shared width D^S (= the image width of the architecture), which ``GrowCLIP``
-applies (see ``to_shared``).
+Image and text encoders return token sequences at their own width. With GrowCLIP's towers each owns
+the projection ``proj`` to the shared width D^S (= the image width of the architecture), which
+``GrowCLIP`` applies (see ``to_shared``); with CLIP's towers (``arch.tower="clip"``) there is no
+``proj`` and the image encoder normalises its tokens once before the blocks (``ln_pre``), as CLIP does.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .elastic import Block, ElasticLinear, SharedBlock
+from .elastic import Block, ElasticLayerNorm, ElasticLinear, SharedBlock
 from .roles import Role, Spec, declare
 
 IMAGE_POS_STD = 0.2   # patch tokens leave the conv stem at about unit scale; positions at 0.01 would
@@ -86,9 +87,11 @@ class ImageEncoder(nn.Module):
         self.cls_token = nn.Parameter(torch.empty(w))
         self.pos_emb = nn.Parameter(torch.empty(arch.num_patches + 1, w))
         declare(self, cls_token=Role.CLASS_TOKEN, pos_emb=Spec(Role.POSITION, IMAGE_POS_STD))
+        clip_tower = arch.tower == "clip"
+        self.ln_pre = ElasticLayerNorm(w) if clip_tower else None
         self.blocks = nn.ModuleList(Block(w, arch.head_dim, arch.mlp_ratio, causal=False)
                                     for _ in range(arch.img_blocks))
-        self.proj = ElasticLinear(w, w, writer=True)
+        self.proj = None if clip_tower else ElasticLinear(w, w, writer=True)
         self.set_active(arch.img_conv_layers, arch.img_blocks, arch.img_heads)
         self.grad_checkpointing = False
 
@@ -106,6 +109,8 @@ class ImageEncoder(nn.Module):
         x = self.patchify(x, width).flatten(2).transpose(1, 2)           # B, N, W
         cls = self.cls_token[:width].expand(x.shape[0], 1, width)
         x = torch.cat([cls, x], dim=1) + self.pos_emb[: x.shape[1] + 1, :width]
+        if self.ln_pre is not None:
+            x = self.ln_pre(x)
         return _run_blocks(self.blocks, x, blocks, self.grad_checkpointing)
 
 
@@ -121,7 +126,7 @@ class TextEncoder(nn.Module):
         declare(self, tok_emb=Role.EMBEDDING, pos_emb=Spec(Role.POSITION, TEXT_POS_STD))
         self.blocks = nn.ModuleList(Block(w, arch.head_dim, arch.mlp_ratio, causal=True)
                                     for _ in range(arch.txt_blocks))
-        self.proj = ElasticLinear(w, arch.img_width, writer=True)
+        self.proj = None if arch.tower == "clip" else ElasticLinear(w, arch.img_width, writer=True)
         self.set_active(arch.txt_blocks, arch.txt_heads)
         self.grad_checkpointing = False
 

@@ -34,8 +34,11 @@ def image_flops(arch: ArchConfig) -> int:
 
 def _to_shared(arch: ArchConfig, width: int, tokens: int) -> int:
     """Projection to D^S = the image width (every token when the shared stack runs, else the
-    pooled one), the shared blocks, and the final head to the joint space."""
+    pooled one), the shared blocks, and the final head to the joint space. CLIP's towers have the
+    head alone, at the tower's own width."""
     e, ds = arch.embed_dim, arch.img_width
+    if arch.tower == "clip":
+        return 2 * width * e
     if arch.shared_blocks == 0:
         return 2 * width * ds + 2 * ds * e
     f = 2 * tokens * width * ds + 2 * ds * e
