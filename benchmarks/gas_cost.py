@@ -35,6 +35,7 @@ def main() -> None:
     from growclip_ds.eval.evaluate import selection_sets
     from growclip_ds.growth import space
     from growclip_ds.growth.gas import read_scores, run_gas, score_each_candidate
+    from growclip_ds.rundir import StepDir
     from growclip_ds.model import GrowCLIP, param_count
 
     torch.set_num_threads(args.threads)
@@ -47,9 +48,10 @@ def main() -> None:
     n_img = sum(len(d) for d in sets.sets)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        run_gas(model, cfg.arch, cfg.growth, sets, tok, Path(tmp), param_count(cfg.arch), 1, 2, progress=False)
+        step = StepDir(Path(tmp), 2)
+        run_gas(model, cfg.arch, cfg.growth, sets, tok, step, param_count(cfg.arch), 1, 2, progress=False)
         shared_s = time.perf_counter() - t0
-        shared = [r["accuracy"] for r in sorted(read_scores(Path(tmp) / "gas.jsonl"), key=lambda r: r["index"])]
+        shared = [r["accuracy"] for r in sorted(read_scores(step.gas_scores), key=lambda r: r["index"])]
     t0 = time.perf_counter()
     each = score_each_candidate(model, cfg.arch, cfg.growth, sets, tok)
     each_s = time.perf_counter() - t0

@@ -5,7 +5,7 @@
 
 For each size: the step-1 model is written as a consolidated safetensors model (as a finished step
 leaves it); then, timed, PIM reads it, grows it into the step-2 supernet and writes the result
-(``pim1/``), then a DeepSpeed engine (ZeRO-2, 1 rank, gloo) is built on the grown weights: the
+(as PIM@1's folder of a run), then a DeepSpeed engine (ZeRO-2, 1 rank, gloo) is built on the grown weights: the
 reshard. Peak memory is the process's RSS high-water mark above its level before PIM started,
 in copies of the grown model's fp32 bytes (the target: about 2 or fewer).
 """
@@ -44,30 +44,33 @@ def child(head_dim: int, tmp: Path) -> dict:
     from growclip_ds.growth.pim import pim
     from growclip_ds.model import GrowCLIP, param_count
     from growclip_ds.train import checkpoint
+    from growclip_ds.rundir import GROWTHS, RunDir
     from growclip_ds.train.engine import build_engine
 
     cfg = load_config("paper", [f"arch.head_dim={head_dim}", "train.zero_stage=2", "train.global_batch=2",
                                 "train.micro_batch=2"])
     old_arch = cfg.arch
     new_arch = space.supernet(old_arch, cfg.growth)
-    checkpoint.write_model(tmp / "step1", GrowCLIP(old_arch, seed=0).state_dict(), old_arch)
+    run = RunDir(tmp)
+    checkpoint.write_model(run.step(1).path, GrowCLIP(old_arch, seed=0).state_dict(), old_arch)
     gc.collect()
     reset_high_water()
     base = rss_high_water()
     t0 = time.perf_counter()
-    sd, arch = checkpoint.read_model(tmp / "step1")
+    sd, arch = checkpoint.read_model(run.step(1).path)
     t1 = time.perf_counter()
     grown = pim(sd, arch, new_arch, seed=1)
     t2 = time.perf_counter()
     del sd
-    checkpoint.write_model(tmp / "pim1", grown, new_arch)
+    grown_dir = run.step(2).phase(GROWTHS[0]).path
+    checkpoint.write_model(grown_dir, grown, new_arch)
     pim_s = time.perf_counter() - t0
     parts = {"read_s": t1 - t0, "pim_fn_s": t2 - t1, "write_s": pim_s - (t2 - t0)}
     pim_peak = rss_high_water() - base
     del grown
     gc.collect()
     t0 = time.perf_counter()
-    sd, arch = checkpoint.read_model(tmp / "pim1")
+    sd, arch = checkpoint.read_model(grown_dir)
     model = GrowCLIP(arch, seed=None)
     model.load_state_dict(sd)
     del sd

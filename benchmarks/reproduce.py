@@ -39,10 +39,11 @@ from growclip_ds.eval.sets import list_sets  # noqa: E402
 from growclip_ds.growth.space import FACTORS  # noqa: E402
 from growclip_ds.methods import RECIPES  # noqa: E402
 from growclip_ds.pipeline import ABLATIONS  # noqa: E402
+from growclip_ds.rundir import PIM1, PIM3, RunDir  # noqa: E402
 
 # What a step-2 phase of GrowCLIP needs switched on to be the same as in the full method's run: a run
 # with ablations copies the finished phases upstream of its first switched-off component.
-UPSTREAM = (("pim1", "pim1"), ("st", "supernet"), ("gas", "sample"), ("gas", "gas"))
+UPSTREAM = ((PIM1, PIM1), ("st", "supernet"), ("gas", "sample"), ("gas", "gas"))
 SKIP_ON_COPY = ("checkpoints", "tb")   # a finished phase's DeepSpeed checkpoints are not needed downstream
 
 
@@ -103,7 +104,7 @@ def plan(cfg, methods: list[str], last: int, tables: set, modes: list[str]) -> l
         for ablate in TABLE5[1:]:
             # with inherit=preserve, PIM@3 is exact slicing, so switching it off changes nothing, and with
             # PIM@1 off as well both modes are the same plain inheritance: those runs exist once
-            if mode == "preserve" and (ablate == ("pim3",) or (ablate == TABLE5[-1] and "pim" in modes)):
+            if mode == "preserve" and (ablate == (PIM3,) or (ablate == TABLE5[-1] and "pim" in modes)):
                 continue
             off = ",".join(c for c in ABLATIONS if c in ablate)
             runs.append(Run("ablate-" + off.replace(",", "-") + suffix, steps=(2,), args=("--ablate", off),
@@ -117,12 +118,13 @@ def plan(cfg, methods: list[str], last: int, tables: set, modes: list[str]) -> l
 
 
 def copy_phase(src: Path, dst: Path, phase: str) -> None:
-    """A finished phase of step 2 (its model, arch and done.json; GAS also its scores and choice)."""
-    s, d = src / "step2", dst / "step2"
-    shutil.copytree(s / phase, d / phase, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*SKIP_ON_COPY))
+    """A finished phase of step 2 (its model and records; GAS also its scores and choice)."""
+    s, d = RunDir(src).step(2), RunDir(dst).step(2)
+    shutil.copytree(s.phase(phase).path, d.phase(phase).path, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(*SKIP_ON_COPY))
     if phase == "gas":
-        shutil.copy2(s / "gas.jsonl", d / "gas.jsonl")
-        shutil.copy2(s / "arch.json", d / "arch.json")
+        shutil.copy2(s.gas_scores, d.gas_scores)
+        shutil.copy2(s.choice_file, d.choice_file)
 
 
 class Runner:
@@ -138,7 +140,7 @@ class Runner:
         (out / "logs").mkdir(parents=True, exist_ok=True)
 
     def finished(self, name: str, step: int) -> bool:
-        return (self.out / name / f"step{step}" / "eval.json").exists()
+        return RunDir(self.out / name).step(step).finished
 
     def needs(self, name: str, step: int) -> list[tuple[str, int]]:
         r = self.runs[name]
@@ -157,10 +159,10 @@ class Runner:
     def prepare(self, name: str, step: int) -> None:
         r, d = self.runs[name], self.out / name
         if step == r.steps[0] and r.step1_from:
-            shutil.copytree(self.out / r.step1_from / "step1", d / "step1", dirs_exist_ok=True,
+            shutil.copytree(RunDir(self.out / r.step1_from).step(1).path, RunDir(d).step(1).path, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns(*SKIP_ON_COPY))
         for phase in r.share if step == 2 else ():
-            if not (d / "step2" / phase / "done.json").exists():
+            if not RunDir(d).step(2).phase(phase).finished:
                 copy_phase(self.out / r.share_from, d, phase)
 
     def command(self, name: str, step: int, slot: int) -> list[str]:

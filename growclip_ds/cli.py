@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config
+from .data.manifest import MANIFEST
 
-REPO = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]   # the folder holding growclip_ds (a checkout or site-packages)
 
 
 def _data_make(args) -> int:
@@ -39,10 +40,11 @@ def _data_make(args) -> int:
 
 def _data_split(args) -> int:
     from .data.split import split_corpus
+    from .eval.sets import EVAL_DIR, INDEX
 
     root = Path(args.root)
-    if (root / "manifest.parquet").exists() and not args.force:
-        print(f"{root}/manifest.parquet exists (runs may have trained on it); use --force to split again")
+    if (root / MANIFEST).exists() and not args.force:
+        print(f"{root / MANIFEST} exists (runs may have trained on it); use --force to split again")
         return 2
     sizes = [float(x) for x in args.sizes.split(",")] if args.sizes else None
     steps = args.steps if args.steps is not None else (len(sizes) if sizes else None if args.by else 4)
@@ -53,7 +55,7 @@ def _data_split(args) -> int:
     for t in range(1, m.num_steps + 1):
         print(f"step {t}: {len(m.shards([t]))} shards, {m.num_samples([t]):,} new samples, N^{t} = {m.num_samples(t):,}")
     print(f"held out {len(m.holdout)} samples (eval/test/retrieval, eval/selection/retrieval; never trained on)")
-    print(f"wrote {root / 'manifest.parquet'} and {root / 'eval' / 'sets.json'}")
+    print(f"wrote {root / MANIFEST} and {root / EVAL_DIR / INDEX}")
     return 0
 
 
@@ -89,19 +91,19 @@ def launch_env() -> dict:
 
     env = accelerator_env(dict(os.environ))   # no CPU default on a machine with a GPU
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    env["PYTHONPATH"] = f"{REPO}:{env.get('PYTHONPATH', '')}"
+    env["PYTHONPATH"] = f"{PACKAGE_ROOT}:{env.get('PYTHONPATH', '')}"
     return env
 
 
 def _demo(args) -> int:
     cfg = load_config(args.config, args.set)
     run_dir = Path(args.run_dir or f"runs/{cfg.name}")
-    if not (Path(cfg.data.root) / "manifest.parquet").exists():
+    if not (Path(cfg.data.root) / MANIFEST).exists():
         _data_make(argparse.Namespace(config=args.config, set=args.set, root=None, force=False, seed=0))
     steps = range(1, (args.steps or cfg.data.num_steps) + 1)
     for step in steps:
         cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(args.ranks),
-               "--master_port", str(args.port), str(REPO / "launchers" / "grow.py"), "--step", str(step),
+               "--master_port", str(args.port), "--module", "growclip_ds.launch", "--step", str(step),
                "--config", args.config, "--run-dir", str(run_dir)] + sum((["--set", s] for s in args.set), [])
         print("+", " ".join(cmd), flush=True)
         rc = subprocess.call(cmd, env=launch_env())
@@ -143,7 +145,9 @@ def _slurm(args) -> int:
         print(f"{args.hostfile_check}: {len(hosts)} hosts, {sum(hosts.values())} slots")
         return 0
     config = args.config
-    recorded = sorted(Path(args.run_dir).glob("step*/config.json"))
+    from .rundir import RunDir
+
+    recorded = [s.config_file for s in RunDir(args.run_dir).steps() if s.config_file.exists()]
     if config is None:
         config = str(recorded[-1]) if recorded else "paper"
     load_config(config)  # a bad config fails here, not on the cluster
@@ -187,7 +191,7 @@ def main(argv=None) -> int:
     sp.set_defaults(fn=_data_split)
 
     ev = sub.add_parser("eval", parents=[common], help="zero-shot and retrieval eval of a consolidated model")
-    ev.add_argument("model", help="a step folder holding model.safetensors and arch.json")
+    ev.add_argument("model", help="a finished step folder (its model and architecture)")
     ev.add_argument("--split", default="test", choices=("test", "zero_shot", "selection"),
                     help="test (alias zero_shot): the sets numbers are reported on; selection: those choices are "
                          "made on")
@@ -195,7 +199,7 @@ def main(argv=None) -> int:
 
     ex = sub.add_parser("export", help="a step's model as a Hugging Face CLIPModel folder or an open_clip "
                                        "checkpoint (patch stem, arch.tower=clip: growclip_ds/export.py)")
-    ex.add_argument("step_dir", help="a finished step folder (model.safetensors + arch.json)")
+    ex.add_argument("step_dir", help="a finished step folder (its model and architecture)")
     ex.add_argument("--format", required=True, choices=("hf", "open_clip"))
     ex.add_argument("--out", required=True, help="a new folder")
     ex.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the run's copy, <run>/tokenizer)")

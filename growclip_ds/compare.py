@@ -1,4 +1,4 @@
-"""The comparison report of a folder of run folders, one method each (``<run>/method.json``), in the
+"""The comparison report of a folder of run folders, one method each (its method record, ``rundir``), in the
 shape of the paper's tables, with PNG plots:
 
     growclip-ds report runs/repro     # writes runs/repro/comparison.md and comparison_*.png
@@ -20,14 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .growth.space import FACTORS
-from .methods import RECIPES
+from .methods import RECIPES, Budget
 from .report import step_rows
+from .rundir import PIM1, PIM3, RunDir
 from .tic import eval_matrix, transfer_summary
 
-TIC_METHODS = tuple(n for n, r in RECIPES.items() if r.budget != "epochs")   # budgets C or t x C
+TIC_METHODS = tuple(n for n, r in RECIPES.items() if r.budget != Budget.EPOCHS)   # budgets C or t x C
 # Table 5's rows in the paper's order: the components switched off (paper: 25.7 > 24.5 > 22.6 > 21.1 > 20.8).
-TABLE5 = ((), ("pim3",), ("gas", "pim3"), ("gas", "pim3", "st"), ("gas", "pim1", "pim3", "st"))
-COMPONENTS = (("PIM@1", "pim1"), ("ST", "st"), ("GAS", "gas"), ("PIM@3", "pim3"))
+TABLE5 = ((), (PIM3,), ("gas", PIM3), ("gas", PIM3, "st"), ("gas", PIM1, PIM3, "st"))
+COMPONENTS = (("PIM@1", PIM1), ("ST", "st"), ("GAS", "gas"), ("PIM@3", PIM3))
 
 
 @dataclass
@@ -53,16 +54,16 @@ class RunRecord:
 
 
 def load_runs(root) -> list[RunRecord]:
-    """Every run folder under ``root`` with a method.json and a finished step, methods in RECIPES order
+    """Every run folder under ``root`` with a method record and a finished step, methods in RECIPES order
     (folders whose name starts with "_" are helpers, e.g. reproduce.py's shared step 1)."""
     runs = []
     for p in sorted(Path(root).iterdir()):
-        if p.name.startswith("_") or not (p / "method.json").exists():
+        if p.name.startswith("_") or not RunDir(p).is_run():
             continue
-        m = json.loads((p / "method.json").read_text())
+        m = RunDir(p).read_method()
         rows = step_rows(p)
         if rows:
-            cfg = p / f"step{rows[-1]['step']}" / "config.json"
+            cfg = RunDir(p).step(rows[-1]["step"]).config_file
             inherit = json.loads(cfg.read_text()).get("growth", {}).get("inherit", "pim") if cfg.exists() else "pim"
             runs.append(RunRecord(p.name, m["method"], tuple(sorted(m.get("ablate", []))), m.get("candidate"), rows, p,
                                   inherit))
@@ -74,7 +75,7 @@ def load_runs(root) -> list[RunRecord]:
 def is_comparison(root) -> bool:
     """True for a folder of run folders (not itself a run folder)."""
     root = Path(root)
-    return not (root / "step1").exists() and any(p.is_dir() and (p / "method.json").exists() for p in root.iterdir())
+    return not RunDir(root).steps() and any(p.is_dir() and RunDir(p).is_run() for p in root.iterdir())
 
 
 def _pct(x: float | None) -> str:
@@ -90,7 +91,7 @@ def data_fractions(run: RunRecord) -> dict[int, float]:
     from .data.manifest import Manifest
 
     try:
-        cfg = json.loads((run.path / f"step{run.rows[0]['step']}" / "config.json").read_text())
+        cfg = RunDir(run.path).step(run.rows[0]["step"]).read_config()
         m = Manifest.load(cfg["data"]["root"])
         total = m.num_samples(list(range(1, m.num_steps + 1)))
         return {t: m.num_samples(list(range(1, t + 1))) / total for t in range(1, m.num_steps + 1)}
@@ -146,7 +147,7 @@ def table5(runs: list[RunRecord], step: int = 2) -> list[str]:
     out = []
     for mode in sorted({r.inherit for r in runs if r.method == "growclip"}):
         grow = {r.ablate: r for r in runs if r.method == "growclip" and r.candidate is None and r.step(step)
-                and (r.inherit == mode or "pim1" in r.ablate)}
+                and (r.inherit == mode or PIM1 in r.ablate)}
         if len(grow) >= 2:
             out += (["", ""] if out else []) + _table5(grow, step, mode)
     return out
@@ -302,7 +303,7 @@ def write_comparison(root) -> Path:
     root = Path(root)
     runs = load_runs(root)
     if not runs:
-        raise FileNotFoundError(f"{root}: no run folder with a method.json and a finished step")
+        raise FileNotFoundError(f"{root}: no run folder with a method record and a finished step (see growclip_ds/rundir.py)")
     md = [f"# Methods compared: {root}", "", *provenance(root)]
     for part in (table3, table4, kept_summary, table5, table9, table1, tic_summary):
         lines = part(runs)

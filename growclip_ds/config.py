@@ -27,7 +27,7 @@ def _check(cond: bool, name: str, msg: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class ArchConfig:
-    """One CLIP architecture: a point of the growth space (GROWCLIP.md section 2)."""
+    """One CLIP architecture: a point of the growth space (docs/method.md section 2)."""
 
     img_conv_layers: int = 1      # l^I: elastic stride-1 conv layers of the stem
     img_blocks: int = 6           # b^I
@@ -97,7 +97,7 @@ class ArchConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How one phase trains (GROWCLIP.md section 5 gives the paper's values)."""
+    """How one phase trains (docs/method.md section 5 gives the paper's values)."""
 
     global_batch: int = 1536
     micro_batch: int = 96
@@ -105,7 +105,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 4000          # linear warm-up of a phase trained from scratch
     warmup_inherited: float = 0.05    # warm-up of a phase that starts from trained weights: this fraction
-                                      # of its steps, at most warmup_steps (train/loop.py: warmup_for)
+                                      # of its steps, at most warmup_steps (train/schedule.py: warmup_for)
     epochs: float = 30.0          # passes over D^t; ignored when num_samples > 0
     num_samples: int = 0          # total samples to train on; 0 means use epochs
     optimizer: str = "lamb"       # "lamb" (timm, as the paper) or "adamw"
@@ -202,7 +202,7 @@ INHERIT_MODES = ("pim", "preserve")
 
 @dataclass(frozen=True)
 class GrowthConfig:
-    """Growth space deltas and PIM/GAS constants (GROWCLIP.md sections 3-5)."""
+    """Growth space deltas and PIM/GAS constants (docs/method.md sections 3-5)."""
 
     delta_img_blocks: int = 4
     delta_img_heads: int = 4

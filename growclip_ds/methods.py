@@ -1,5 +1,5 @@
 """Every method is a recipe on the one trainer: where step t starts from, what data it reads and how
-many samples it trains on (GROWCLIP.md sections 6-7). Run one with
+many samples it trains on (docs/method.md sections 6-7). Run one with
 
     deepspeed --num_accelerators 2 launchers/grow.py --method cumulative-exp --step 3 --config demo
 
@@ -25,7 +25,7 @@ step 1; TiC-CLIP's per-step budget):
 NAS gets GrowCLIP's per-step budget so that the two compare at equal cost (the paper's NAS trains a
 30-epoch supernet and then the chosen net 30 epochs, twice GrowCLIP's). Warm-up: from scratch the
 full ``train.warmup_steps``; GrowCLIP's phases and the paper's warm-started baselines (TWP, SAP) the
-short re-warm-up of ``train/loop.py: warmup_for``; TiC-CLIP's warm-started methods none (TiC-CLIP's
+short re-warm-up of ``train/schedule.py: warmup_for``; TiC-CLIP's warm-started methods none (TiC-CLIP's
 finding). Every method keeps the same peak lr.
 With equal-size steps, tfs and oracle are the same run (t x C on D^t).
 """
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from enum import Enum
 
 from .config import ConfigError, RunConfig
 from .data.manifest import Manifest
@@ -41,38 +41,61 @@ from .data.mixture import replay_mixture
 from .distributed import accelerator_device, rank_world
 from .growth.pim import pim
 from .model.init import name_seed
+from .rundir import RunDir
 from .train import checkpoint
-from .train.loop import Phase
+from .train.trainer import Phase
+
+
+class Init(str, Enum):
+    """Where step t >= 2 starts from."""
+    GROW = "grow"            # GrowCLIP's phases (pipeline.py): PIM, supernet, GAS, PIM
+    NAS = "nas"              # the same phases, every init fresh
+    SCRATCH = "scratch"      # a fresh model of the configured architecture
+    PREVIOUS = "previous"    # step t-1's weights
+    SAP = "sap"              # shrink and perturb step t-1's weights
+
+
+class Budget(str, Enum):
+    """How many samples step t >= 2 trains on."""
+    EPOCHS = "epochs"        # train.epochs passes over the data
+    C = "C"                  # TiC-CLIP's per-step budget
+    T_C = "tC"               # t x C
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    init: str            # grow | nas | scratch | previous | sap
-    data: str = "all"    # all (D^t) | new (step t) | exp | equal (replay buffers)
-    budget: str = "epochs"   # epochs (train.epochs over the data) | C | tC
+    init: Init
+    data: str = "all"        # all (D^t) | new (step t) | exp | equal (replay buffers: data/mixture.py)
+    budget: Budget = Budget.EPOCHS
     distill: bool = False    # LwF
     patch: bool = False      # Patching: interpolate with the previous patched model after training
     paper_baseline: bool = False   # GrowCLIP's own baselines train with its recipe (warm-up rules)
 
     @property
+    def grows(self) -> bool:
+        """Runs GrowCLIP's growth phases (supernet, sample, GAS, final) rather than one ``train``."""
+        return self.init in (Init.GROW, Init.NAS)
+
+    @property
     def warmup(self) -> str:
         """From scratch: the full warm-up; the paper's warm-started baselines (TWP, SAP): the short
         re-warm-up of GrowCLIP's inherited phases; TiC-CLIP's warm-started methods: none."""
-        if self.init in ("scratch", "nas"):
+        if self.init in (Init.SCRATCH, Init.NAS):
             return "scratch"
-        return "inherited" if self.paper_baseline or self.init == "grow" else "none"
+        return "inherited" if self.paper_baseline or self.init == Init.GROW else "none"
 
 
 RECIPES = {r.name: r for r in (
-    Recipe("growclip", "grow"), Recipe("nas", "nas"),
-    Recipe("tfs", "scratch", paper_baseline=True), Recipe("twp", "previous", paper_baseline=True),
-    Recipe("sap", "sap", paper_baseline=True),
-    Recipe("oracle", "scratch", budget="tC"),
-    Recipe("cumulative-all", "previous", budget="C"),
-    Recipe("cumulative-exp", "previous", "exp", "C"), Recipe("cumulative-equal", "previous", "equal", "C"),
-    Recipe("sequential", "previous", "new", "C"), Recipe("restart", "scratch", budget="C"),
-    Recipe("lwf", "previous", "new", "C", distill=True), Recipe("patching", "previous", "new", "C", patch=True),
+    Recipe("growclip", Init.GROW), Recipe("nas", Init.NAS),
+    Recipe("tfs", Init.SCRATCH, paper_baseline=True), Recipe("twp", Init.PREVIOUS, paper_baseline=True),
+    Recipe("sap", Init.SAP, paper_baseline=True),
+    Recipe("oracle", Init.SCRATCH, budget=Budget.T_C),
+    Recipe("cumulative-all", Init.PREVIOUS, budget=Budget.C),
+    Recipe("cumulative-exp", Init.PREVIOUS, "exp", Budget.C), Recipe("cumulative-equal", Init.PREVIOUS, "equal", Budget.C),
+    Recipe("sequential", Init.PREVIOUS, "new", Budget.C), Recipe("restart", Init.SCRATCH, budget=Budget.C),
+    Recipe("lwf", Init.PREVIOUS, "new", Budget.C, distill=True),
+    Recipe("patching", Init.PREVIOUS, "new", Budget.C, patch=True),
 )}
 
 
@@ -95,19 +118,18 @@ def sap_init(cfg: RunConfig, prev_state: dict, arch, step: int) -> dict:
     return pim(prev_state, arch, arch, m.sap_shrink, m.sap_noise, seed, cfg.growth.copy_logit_scale, "all")
 
 
-def baseline_phase(cfg: RunConfig, recipe: Recipe, step: int, run_dir: Path, shared_init) -> Phase:
+def baseline_phase(cfg: RunConfig, recipe: Recipe, step: int, run: RunDir) -> Phase:
     """The single training phase of a non-growing method at step t >= 2."""
     manifest = Manifest.load(cfg.data.root)
-    prev = Path(run_dir) / f"step{step - 1}"
-    prev_state, arch = checkpoint.read_model(prev)
-    init = {"scratch": None, "previous": prev_state}.get(recipe.init)
-    if recipe.init == "sap":
-        init = shared_init(Path(run_dir) / f"step{step}" / "sap" / "model.safetensors",
-                           lambda: (sap_init(cfg, prev_state, arch, step), arch))
-    if recipe.init == "scratch":
+    prev_state, arch = checkpoint.read_model(run.step(step - 1).path)
+    init = {Init.SCRATCH: None, Init.PREVIOUS: prev_state}.get(recipe.init)
+    if recipe.init == Init.SAP:
+        init = checkpoint.shared_state(run.step(step).phase("sap").path,
+                                       lambda: (sap_init(cfg, prev_state, arch, step), arch))
+    if recipe.init == Init.SCRATCH:
         arch = cfg.arch
     c = step_budget_c(cfg, manifest)
-    budget = {"epochs": None, "C": c, "tC": step * c}[recipe.budget]
+    budget = {Budget.EPOCHS: None, Budget.C: c, Budget.T_C: step * c}[recipe.budget]
     m = cfg.method
     sizes = {j: manifest.num_samples([j]) for j in range(1, step + 1)}
     mixture = replay_mixture(recipe.data, step, sizes, m.buffer_size, m.new_data_weight)
@@ -124,7 +146,7 @@ def interpolate(old: dict, new: dict, alpha: float) -> dict:
     return {k: (1 - alpha) * old[k].float() + alpha * new[k].float() for k in new}
 
 
-def patch_step(cfg: RunConfig, step: int, run_dir: Path, progress: bool = True) -> tuple[dict, dict]:
+def patch_step(cfg: RunConfig, step: int, run: RunDir, progress: bool = True) -> tuple[dict, dict]:
     """Patching's step output: the interpolation of the previous patched model and this step's
     trained one whose alpha scores best on the selection retrieval sets of the old steps (< t,
     ``method.patch_select="old"``) or of all seen steps (<= t, "seen"). Returns (state, record)."""
@@ -132,8 +154,8 @@ def patch_step(cfg: RunConfig, step: int, run_dir: Path, progress: bool = True) 
     from .factory import build
     from .data.tokenizer import load_tokenizer
 
-    old, arch = checkpoint.read_model(Path(run_dir) / f"step{step - 1}")
-    new, _ = checkpoint.read_model(Path(run_dir) / f"step{step}" / "train")
+    old, arch = checkpoint.read_model(run.step(step - 1).path)
+    new, _ = checkpoint.read_model(run.step(step).phase("train").path)
     sets = EvalSets(cfg.data, arch.image_size, role="selection", kinds=("retrieval",))
     tok = load_tokenizer(cfg, arch)
     last = step - 1 if cfg.method.patch_select == "old" else step
@@ -149,17 +171,17 @@ def patch_step(cfg: RunConfig, step: int, run_dir: Path, progress: bool = True) 
     return interpolate(old, new, best), {"alpha": best, "scores": {str(a): s for a, s in scores.items()}}
 
 
-def record(run_dir: Path, method: str, ablate: set, candidate: int | None, writer: bool = True) -> None:
-    """``<run>/method.json``: what made this run folder; a folder holds one method."""
-    path = Path(run_dir) / "method.json"
+def record(run: RunDir, method: str, ablate: set, candidate: int | None, writer: bool = True) -> None:
+    """What made this run folder (before any process group: ``writer`` writes, no one waits); a
+    folder holds one method."""
     want = {"method": method, "ablate": sorted(ablate), "candidate": candidate}
-    if path.exists():
-        have = json.loads(path.read_text())
+    if run.is_run():
+        have = run.read_method()
         if have != want:
-            raise ConfigError(f"{run_dir} was made by {have}; this command asks for {want}. "
+            raise ConfigError(f"{run} was made by {have}; this command asks for {want}. "
                               "Use another --run-dir for another method")
         return
     if writer:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write_text(path, json.dumps(want, indent=1))
+        run.path.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write_text(run.method_file, json.dumps(want, indent=1))
 

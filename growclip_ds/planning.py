@@ -5,7 +5,6 @@ measured in its finished phases, when there are any.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .config import RunConfig
@@ -16,28 +15,26 @@ from .growth.gas import variants
 from .model import param_count
 from .model.flops import forward_flops, image_flops, text_flops, train_flops
 from .growth.kept import describe as describe_kept
-from .pipeline import pending_phases, step_dir
-from .report import kept_records
+from .pipeline import pending_phases
+from .rundir import RunDir
 from .train.checkpoint import read_arch
-from .train.loop import plan_steps
+from .train.schedule import plan_steps
 
 
-def _measured_flops_per_s(run_dir: Path) -> float | None:
-    done = [json.loads(f.read_text()) for f in run_dir.glob("step*/*/done.json")]
+def _measured_flops_per_s(run: RunDir) -> float | None:
+    done = run.phase_records()
     flops = sum(d.get("train_flops", 0) for d in done)
     secs = sum(d.get("wall_s", 0) for d in done if d.get("train_flops"))
     return flops / secs if flops and secs else None
 
 
 def plan_next_step(cfg: RunConfig, run_dir: Path) -> str:
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     m = Manifest.load(cfg.data.root)
-    t = 1
-    while (step_dir(run_dir, t) / "eval.json").exists():
-        t += 1
+    t = run.next_step()
     if t > m.num_steps:
         return f"{run_dir}: all {m.num_steps} growth steps are finished"
-    rate = _measured_flops_per_s(run_dir)
+    rate = _measured_flops_per_s(run)
     gb = cfg.train.global_batch
     lines = [f"Next: growth step {t} of {m.num_steps} in {run_dir}",
              f"data: D^{t} = steps 1..{t}, N^{t} = {m.num_samples(t):,} samples"
@@ -52,10 +49,10 @@ def plan_next_step(cfg: RunConfig, run_dir: Path) -> str:
         lines.append(f"arch: {cfg.arch.to_dict()} ({param_count(cfg.arch):,} params)")
         cost("train", steps * gb, steps * gb * train_flops(cfg.arch), "The step-1 architecture from scratch.")
         return "\n".join(lines)
-    prev = read_arch(step_dir(run_dir, t - 1))
+    prev = read_arch(run.step(t - 1).path)
     g = cfg.growth
     for s in range(2, t):
-        for which, rec in kept_records(step_dir(run_dir, s)).items():
+        for which, rec in run.step(s).growth_records().items():
             lines.append(f"kept at step {s} {which} ({rec['inherit']}): {describe_kept(rec['kept'])}")
     how = "function-preserving (growth.inherit=preserve)" if g.inherit == "preserve" else \
         f"the paper's PIM, beta={g.beta}, gamma={g.gamma} (growth.inherit=pim)"
@@ -67,7 +64,7 @@ def plan_next_step(cfg: RunConfig, run_dir: Path) -> str:
               f"{min(params):,}..{max(params):,} params; supernet {max(params):,}",
               f"GAS size term weight alpha*N^{t - 1}/N^{t} = {g.alpha * m.num_samples(t - 1) / m.num_samples(t):.3f}: "
               "the more new data, the less a candidate's size counts against it",
-              f"pending phases: {', '.join(pending_phases(run_dir, t, set()))}"]
+              f"pending phases: {', '.join(pending_phases(run, t, set()))}"]
     n = m.num_samples(t)
     s1 = plan_steps(cfg, n, g.supernet_epochs)[1] * gb
     cost("supernet", s1, s1 * train_flops(sup), "PIM from the step t-1 model into the supernet, train all of it.")

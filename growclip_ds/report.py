@@ -5,19 +5,14 @@ of zero-shot accuracy against cumulative training compute.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .eval.evaluate import selection_accuracy
 from .growth.gas import read_scores
+from .rundir import PIM1, PIM3, RunDir, StepDir
 
-GROWTHS = (("pim1", "PIM@1: step t-1 model -> supernet"),
-           ("pim3", "PIM@3: candidate inside the supernet -> chosen net"))
-
-
-def _steps(run_dir: Path) -> list[Path]:
-    found = [p for p in run_dir.glob("step*") if p.name[4:].isdigit() and (p / "eval.json").exists()]
-    return sorted(found, key=lambda p: int(p.name[4:]))
+GROWTHS = ((PIM1, "PIM@1: step t-1 model -> supernet"),
+           (PIM3, "PIM@3: candidate inside the supernet -> chosen net"))
 
 
 def _arch_str(a: dict) -> str:
@@ -25,27 +20,15 @@ def _arch_str(a: dict) -> str:
             f"txt {a['txt_blocks']}x{a['txt_heads']}h shared {a['shared_blocks']}")
 
 
-def kept_records(step_dir: Path) -> dict:
-    """{"pim1": done.json, "pim3": done.json} of a growth step, for those that were measured."""
-    out = {}
-    for which, _ in GROWTHS:
-        f = step_dir / which / "done.json"
-        if f.exists():
-            rec = json.loads(f.read_text())
-            if "kept" in rec:
-                out[which] = rec
-    return out
-
-
 def kept_table(run_dir: Path) -> list[str]:
     """What each growth kept, before any training (docs/growth.md)."""
     rows = []
-    for d in _steps(run_dir):
+    for d in RunDir(run_dir).finished_steps():
         for which, what in GROWTHS:
-            rec = kept_records(d).get(which)
+            rec = d.growth_records().get(which)
             if rec:
                 o, g = rec["kept"]["old"], rec["kept"]["grown"]
-                rows.append(f"| {d.name[4:]} | {what} | {rec['inherit']} | {o['loss']:.3f} -> {g['loss']:.3f} | "
+                rows.append(f"| {d.t} | {what} | {rec['inherit']} | {o['loss']:.3f} -> {g['loss']:.3f} | "
                             f"{100 * o['top1']:.1f} -> {100 * g['top1']:.1f} |")
     if not rows:
         return []
@@ -60,13 +43,13 @@ def step_rows(run_dir) -> list[dict]:
     """One record per finished step: arch, params, eval, what its growths kept, and the cost of all
     its phases (wall seconds, samples seen, analytic training FLOPs, measured device-seconds)."""
     rows, flops_total = [], 0.0
-    for d in _steps(Path(run_dir)):
-        phases = [json.loads(f.read_text()) for f in sorted(d.glob("*/done.json"))]
+    for d in RunDir(run_dir).finished_steps():
+        phases = d.phase_records()
         flops = sum(p.get("train_flops", 0) for p in phases)
         flops_total += flops
-        ev = json.loads((d / "eval.json").read_text())
+        ev = d.read_eval()
         zs = {t: v["top1"] for t, v in ev["zero_shot"].items()}
-        rows.append({"step": int(d.name[4:]), "arch": json.loads((d / "arch.json").read_text()), "zero_shot": zs,
+        rows.append({"step": d.t, "arch": d.read_choice(), "zero_shot": zs,
                      "chance": {t: 1 / v["num_classes"] for t, v in ev["zero_shot"].items()},
                      # the headline: mean zero-shot top-1, or mean R@1 where only retrieval sets exist
                      "mean_top1": selection_accuracy(ev),
@@ -75,7 +58,7 @@ def step_rows(run_dir) -> list[dict]:
                      "wall_s": sum(p.get("wall_s", 0) for p in phases), "train_flops": flops,
                      "samples": sum(p.get("samples_seen", 0) for p in phases),
                      "device_s": sum(p.get("device_s", 0) for p in phases),
-                     "cumulative_flops": flops_total, "kept": kept_records(d)})
+                     "cumulative_flops": flops_total, "kept": d.growth_records()})
     return rows
 
 
@@ -97,9 +80,9 @@ def summarize_run(run_dir) -> str:
                                       *ret, f"{r['wall_s']:.0f}", f"{r['train_flops'] / 1e15:.3f}"]) + " |")
     out += kept_table(run_dir)
     out += tic_table(run_dir)
-    last = max((r["step"] for r in rows if (run_dir / f"step{r['step']}" / "gas.jsonl").exists()), default=None)
-    if last is not None:
-        out += ["", *gas_table(run_dir / f"step{last}", last)]
+    gas = [s for s in RunDir(run_dir).finished_steps() if s.gas_scores.exists()]
+    if gas:
+        out += ["", *gas_table(gas[-1])]
     return "\n".join(out)
 
 
@@ -109,7 +92,7 @@ def tic_table(run_dir: Path) -> list[str]:
 
     try:
         m = eval_matrix(run_dir)
-    except KeyError:   # eval.json written before retrieval_by_step existed
+    except KeyError:   # an evaluation written before retrieval_by_step existed
         return []
     if not m:
         return []
@@ -123,10 +106,10 @@ def tic_table(run_dir: Path) -> list[str]:
                       f"forward transfer {fmt(s['forward'])}"]
 
 
-def gas_table(step_dir: Path, step: int, top: int = 10) -> list[str]:
-    rows = sorted(read_scores(step_dir / "gas.jsonl"), key=lambda r: -r["score"])
-    chosen = json.loads((step_dir / "arch.json").read_text()).get("index")
-    out = [f"## GAS at step {step}: the {top} best of {len(rows)} candidates (score = accuracy + size term)", "",
+def gas_table(step: StepDir, top: int = 10) -> list[str]:
+    rows = sorted(read_scores(step.gas_scores), key=lambda r: -r["score"])
+    chosen = step.read_choice().get("index")
+    out = [f"## GAS at step {step.t}: the {top} best of {len(rows)} candidates (score = accuracy + size term)", "",
            "| index | arch | params | accuracy | size term | score |", "|---|---|---|---|---|---|"]
     for r in rows[:top]:
         mark = " (chosen)" if r["index"] == chosen else ""

@@ -107,18 +107,14 @@ def allocation_env(environ=os.environ) -> dict[str, str]:
 
 
 def run_env(grow_args: list[str]) -> dict[str, str]:
-    """The run folder ``launchers/grow.py`` will use for these arguments, by its own parser (so
+    """The run folder the launcher will use for these arguments, by its own parser (so
     ``--run-dir=X``, ``--run-dir X`` and a preset's default name all agree with the launcher), and
     the number of growth steps of its data (the manifest's, else the config's)."""
-    import importlib.util
-
     from .config import load_config
     from .data.manifest import MANIFEST, Manifest
+    from .launch import parse_args
 
-    spec = importlib.util.spec_from_file_location("growclip_launcher", SCRIPTS.parent / "grow.py")
-    launcher = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(launcher)
-    args = launcher.parse_args([*grow_args, "--step", "1"])   # the folder does not depend on the step
+    args = parse_args([*grow_args, "--step", "1"])   # the folder does not depend on the step
     cfg = load_config(args.config, args.set)
     root = Path(cfg.data.root)
     steps = Manifest.load(root).num_steps if (root / MANIFEST).exists() else cfg.data.num_steps

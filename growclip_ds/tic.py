@@ -1,23 +1,20 @@
 """TiC-CLIP's evaluation matrix of one run: E[i][j] = the model of step i on the held-out retrieval
-pairs of step j (mean of image->text and text->image R@1, ``eval.json: retrieval_by_step``).
+pairs of step j (mean of image->text and text->image R@1, the evaluation's ``retrieval_by_step``).
 
 In-domain = mean of the diagonal, backward transfer = mean of the lower triangle (j < i, old data),
 forward transfer = mean of the upper triangle (j > i, data not seen yet), as TiC-CLIP defines them.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from .rundir import RunDir
 
 
 def eval_matrix(run_dir, metric: str = "mean_R@1") -> list[list[float]]:
     """Rows: the run's finished steps 1..n in order; columns: every growth step of the eval data."""
-    rows = []
-    i = 1
-    while (Path(run_dir) / f"step{i}" / "eval.json").exists():
-        by_step = json.loads((Path(run_dir) / f"step{i}" / "eval.json").read_text())["retrieval_by_step"]
+    run, rows = RunDir(run_dir), []
+    for i in range(1, run.next_step()):
+        by_step = run.step(i).read_eval()["retrieval_by_step"]
         rows.append([by_step[j][metric] for j in sorted(by_step, key=int)])
-        i += 1
     return rows
 
 

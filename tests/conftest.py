@@ -84,12 +84,13 @@ def launch(args: list[str], ranks: int = 2, launcher: str = "deepspeed", timeout
     return p
 
 
-def run_bounded(cmd: list[str], env: dict, timeout: int, kill_pattern: str | None = None) -> subprocess.CompletedProcess:
+def run_bounded(cmd: list[str], env: dict, timeout: int, kill_pattern: str | None = None,
+                cwd=None) -> subprocess.CompletedProcess:
     """subprocess.run in its own process group: on timeout the whole group is killed (plain
     ``subprocess.run`` kills only the child, then waits forever on pipes its grandchildren hold), and
     processes matching ``kill_pattern`` (ranks started over ssh, outside the group) with it."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, cwd=cwd)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

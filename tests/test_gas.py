@@ -3,11 +3,13 @@ the choice is the formula's argmax; a restarted GAS redoes only what was not fin
 import json
 
 import pytest
+import torch
 
 from growclip_ds.config import load_config, replace
 from growclip_ds.data.tokenizer import TextTokenizer
 from growclip_ds.eval.evaluate import EvalSets, evaluate, selection_accuracy
 from growclip_ds.growth import space
+from growclip_ds.rundir import StepDir
 from growclip_ds.growth.gas import read_scores, run_gas, score_each_candidate
 from growclip_ds.growth.slicing import slice_state_dict
 from growclip_ds.model import GrowCLIP, param_count
@@ -28,13 +30,14 @@ def setup(tiny_data, request):
 
 
 def _run(model, sets, tok, d):
-    return run_gas(model, PREV, CFG.growth, sets, tok, d, param_count(PREV), n_prev=1, n_now=2, progress=False)
+    return run_gas(model, PREV, CFG.growth, sets, tok, StepDir(d, 2), param_count(PREV), n_prev=1, n_now=2,
+                   progress=False)
 
 
 def test_shared_variants_equal_per_candidate_scoring(setup, tmp_path):
     model, sets, tok = setup
     idx, arch = _run(model, sets, tok, tmp_path)
-    rows = sorted(read_scores(tmp_path / "gas.jsonl"), key=lambda r: r["index"])
+    rows = sorted(read_scores(StepDir(tmp_path, 2).gas_scores), key=lambda r: r["index"])
     assert len(list((tmp_path / "gas").glob("*.safetensors"))) == 32
     ref = score_each_candidate(model, PREV, CFG.growth, sets, tok)
     assert [r["accuracy"] for r in rows] == pytest.approx(ref, abs=1e-9)
@@ -56,7 +59,7 @@ def test_shared_variants_equal_per_candidate_scoring(setup, tmp_path):
 def test_restarted_gas_scores_only_the_rest(setup, tmp_path):
     model, sets, tok = setup
     _run(model, sets, tok, tmp_path)
-    jsonl = tmp_path / "gas.jsonl"
+    jsonl = StepDir(tmp_path, 2).gas_scores
     lines = jsonl.read_text().splitlines()
     jsonl.write_text("\n".join(lines[:34]) + "\n" + lines[34][:20])  # killed mid-write of line 35
     files = sorted((tmp_path / "gas").glob("*.safetensors"))
@@ -70,3 +73,30 @@ def test_restarted_gas_scores_only_the_rest(setup, tmp_path):
     assert [json.dumps(r) for r in rows[:34]] == [json.dumps(json.loads(x)) for x in lines[:34]]
     assert all(f.exists() for f in removed)
     assert all(f.stat().st_mtime_ns == t for f, t in kept.items())  # finished variants were not redone
+
+
+def test_gas_encodes_imagenet_sized_prompt_sets_in_bounded_batches(setup):
+    """1000 classes x 80 templates: every GAS text variant feeds the encoder at most ``batch`` prompts
+    at once (activation memory set by the batch, not by classes x templates), and the classifier rows
+    equal a per-class recomputation."""
+    from growclip_ds.growth.gas import text_embeddings
+
+    model, _, tok = setup
+    dset = type("Set", (), {"name": "imagenet-like", "kind": "zeroshot",
+                            "classes": [f"class {i}" for i in range(1000)],
+                            "templates": [f"photo {j} of a {{c}}" for j in range(80)]})()
+    dset.prompts = lambda: [t.replace("{c}", c) for c in dset.classes for t in dset.templates]
+    sets = type("Sets", (), {"sets": [dset]})()
+    arch = space.candidate(PREV, CFG.growth, 21)
+    seen, encode = [], model.encode_text
+    model.encode_text = lambda t: (seen.append(len(t)), encode(t))[1]
+    try:
+        cls = text_embeddings(model, arch, sets, tok, batch=256)["imagenet-like"]
+    finally:
+        del model.encode_text
+    assert max(seen) == 256 and sum(seen) == 80_000 and cls.shape == (1000, arch.embed_dim)
+    with torch.no_grad():
+        model.set_arch(arch)
+        for i in (0, 999):
+            e = torch.nn.functional.normalize(encode(tok([t.replace("{c}", dset.classes[i]) for t in dset.templates])).mean(0), dim=-1)
+            torch.testing.assert_close(cls[i], e, rtol=0, atol=1e-5)

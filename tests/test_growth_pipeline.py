@@ -8,11 +8,12 @@ import torch
 from safetensors.torch import load_file
 
 from growclip_ds.config import load_config
+from growclip_ds.distributed import accelerator_device
 from growclip_ds.growth import space
 from growclip_ds.growth.pim import pim
 from growclip_ds.model.init import name_seed
 from growclip_ds.train.checkpoint import consolidated_state_dict, read_model
-from growclip_ds.train.loop import warmup_for
+from growclip_ds.train.schedule import warmup_for
 from tests.conftest import launch
 
 
@@ -41,6 +42,10 @@ def test_step2_runs_every_phase_and_ranks_agree_under_zero3(run):
     # check_every=1 compared the draw on both ranks at every iteration; the sequence is the seeded one
     assert [r["subnet"] for r in rows] == [space.sample_index(0, 2, "sample", r["step"] - 1) for r in rows]
     assert len(rows) >= 4
+    # GAS and the step's evaluation ran where the engine trained (the accelerator; here DeepSpeed's CPU one)
+    engine = json.loads((d / "supernet" / "done.json").read_text())["device"]
+    assert engine == str(accelerator_device()) and json.loads((d / "gas" / "done.json").read_text())["device"] == engine
+    assert json.loads((d / "eval.json").read_text())["device"] == engine
 
 
 def test_growth_records_what_it_kept(run, tiny_data):

@@ -97,7 +97,7 @@ def test_logit_scale_is_clamped_at_100():
 
 
 def test_shared_width_is_the_image_width_and_paper_step2_reaches_growclip_s2():
-    """GROWCLIP.md section 2: D^S = the image width. Then +4 shared blocks cost what +4 image blocks
+    """docs/method.md section 2: D^S = the image width. Then +4 shared blocks cost what +4 image blocks
     cost (Table 9: +7.1M at step 2), and a step-2 candidate is within 1% of GrowCLIP-S2's 116.6M."""
     from growclip_ds.growth import space
 

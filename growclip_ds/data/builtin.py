@@ -18,7 +18,6 @@ from .manifest import Manifest, ShardEntry
 from .shards import write_shard
 from .tokenizer import train_bpe
 
-EVAL_DIR = "eval"
 
 
 def _jpeg(img) -> bytes:
@@ -55,8 +54,8 @@ def make_builtin(root, num_steps: int = 4, samples_per_step: int = 2048, shard_s
             shard_id += 1
             bar.update(n)
     bar.close()
-    shutil.rmtree(root / EVAL_DIR, ignore_errors=True)   # generated sets only: a remake leaves no stale file
-    _make_eval(root / EVAL_DIR, num_steps, eval_per_class, retrieval_size, seed)
+    shutil.rmtree(root / sets.EVAL_DIR, ignore_errors=True)   # generated sets only: a remake leaves no stale file
+    _make_eval(root / sets.EVAL_DIR, num_steps, eval_per_class, retrieval_size, seed)
     train_bpe(captions, root / "tokenizer", vocab_size)
     manifest = Manifest(root, entries)
     manifest.save()

@@ -1,5 +1,5 @@
 """Replay mixtures: which growth steps a phase reads, how often it draws from each, and which
-samples of a step are in its replay buffer (TiC-CLIP's Cumulative methods, GROWCLIP.md section 7).
+samples of a step are in its replay buffer (TiC-CLIP's Cumulative methods, docs/method.md section 7).
 
 A mixture is a list of sources. The next training sample comes from source s with probability
 ``weight_s`` (a seeded draw per sample, so the proportions hold at any shard size); inside a source,

@@ -168,9 +168,9 @@ def _write_heldout(root: Path, entries: list[ShardEntry], held: dict) -> list:
     specs = []
     for role, samples in found.items():
         samples.sort(key=lambda s: (s["meta"]["step"], s["key"]))
-        evalsets.write_retrieval(root / "eval" / role / "retrieval", samples)
+        evalsets.write_retrieval(root / evalsets.EVAL_DIR / role / "retrieval", samples)
         specs.append(evalsets.SetSpec("retrieval", f"{role}/retrieval", "retrieval", role))
-    evalsets.write_index(root / "eval", specs)
+    evalsets.write_index(root / evalsets.EVAL_DIR, specs)
     return specs
 
 

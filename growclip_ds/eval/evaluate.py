@@ -4,7 +4,7 @@
 
 Each rank decodes and encodes every world-th image of a set, in batches (memory is bounded by the
 batch, not by the set: prompts are encoded ``batch`` at a time too); embeddings are gathered and
-every rank computes the same metrics. The result is the ``eval.json`` contract: fractions in [0, 1],
+every rank computes the same metrics. The result is a step's evaluation record (``rundir``): fractions in [0, 1],
 ``zero_shot`` and ``retrieval_sets`` per set name, ``retrieval`` (the first retrieval set) and
 ``retrieval_by_step`` (its pairs grouped by growth step) for the report and TiC-CLIP's methods.
 """
@@ -161,7 +161,7 @@ def selection_accuracy(result: dict) -> float:
 
 @torch.no_grad()
 def evaluate(model, sets: EvalSets, tokenize, batch: int = 256) -> dict:
-    """eval.json content for ``model`` (a plain GrowCLIP with its architecture set)."""
+    """The evaluation record for ``model`` (a plain GrowCLIP with its architecture set)."""
     was_training = model.training
     model.eval()
     out = {"zero_shot": {}, "retrieval_sets": {}}
@@ -176,4 +176,5 @@ def evaluate(model, sets: EvalSets, tokenize, batch: int = 256) -> dict:
             out["retrieval"] = out["retrieval_sets"][dset.name]
             out["retrieval_by_step"] = by_step(img, txt, dset)
     model.train(was_training)
+    out["device"] = str(_device(model))   # where it ran: the engine's accelerator
     return out

@@ -29,6 +29,7 @@ from pathlib import Path
 import webdataset as wds
 
 KINDS, ROLES = ("zeroshot", "retrieval"), ("test", "selection")
+EVAL_DIR = "eval"          # <data.root>/eval: the evaluation sets and their index
 INDEX = "sets.json"
 CLASSNAMES, TEMPLATES = "classnames.txt", "zeroshot_classification_templates.txt"
 DEFAULT_TEMPLATES = ["a photo of a {c}."]
@@ -69,7 +70,7 @@ def list_sets(data_root, configured=(), role: str | None = None) -> list[SetSpec
     if configured:
         specs = [SetSpec.parse(d, "data.eval") for d in configured]
     else:
-        index = Path(data_root) / "eval" / INDEX
+        index = Path(data_root) / EVAL_DIR / INDEX
         if not index.exists() and (index.parent / "tasks.json").exists():
             raise FileNotFoundError(f"{index.parent} was written by an older version (tasks.json): remake the "
                                     "built-in data with `growclip-ds data make --force` (same shards and images)")
@@ -84,7 +85,7 @@ def list_sets(data_root, configured=(), role: str | None = None) -> list[SetSpec
 
 def resolve(data_root, spec: SetSpec) -> Path:
     p = Path(spec.path)
-    return p if p.is_absolute() else Path(data_root) / "eval" / p
+    return p if p.is_absolute() else Path(data_root) / EVAL_DIR / p
 
 
 # ----------------------------------------------------------------------------- reading

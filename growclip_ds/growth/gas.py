@@ -6,8 +6,9 @@ A is the selection accuracy (eval/evaluate.py ``selection_accuracy``: mean zero-
 selection split's classification sets, or mean R@1 over its retrieval sets when it has none). An image embedding depends only on
 (conv layers, image blocks, image heads, shared blocks) and a text embedding only on (text blocks,
 text heads, shared blocks, image heads: the shared width is the image width), so 16 image and 16
-text encoder passes score all 64 candidates. The 32 passes are spread over all ranks; each finished variant is saved under ``gas/`` and each
-score appended to ``gas.jsonl`` as soon as it is known, so a restarted GAS redoes neither.
+text encoder passes score all 64 candidates. The 32 passes are spread over all ranks; each finished variant is saved under the ``gas`` phase folder
+and each score appended to the step's score file (``rundir``) as soon as it is known, so a restarted
+GAS redoes neither.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from .. import faults
+from ..rundir import StepDir
 from ..config import ArchConfig, GrowthConfig
 from ..distributed import barrier, rank_world
 from ..eval.evaluate import (classifier, encode_images, encode_texts, selection_accuracy, set_retrieval_metrics,
@@ -70,11 +72,12 @@ def _variant_file(folder: Path, kind: str, key: tuple) -> Path:
     return folder / f"{kind}_{'_'.join(map(str, key))}.safetensors"
 
 
-def run_gas(model, prev: ArchConfig, growth: GrowthConfig, sets, tokenize, step_dir: Path, prev_params: int,
+def run_gas(model, prev: ArchConfig, growth: GrowthConfig, sets, tokenize, step: StepDir, prev_params: int,
             n_prev: int, n_now: int, progress: bool = True) -> tuple[int, ArchConfig]:
-    """Score every candidate (resuming), write ``gas.jsonl`` and the choice to ``arch.json``."""
+    """Score every candidate (resuming): variants under the step's ``gas`` phase folder, scores in its
+    GAS score file; returns the choice (the caller records it)."""
     rank, world = rank_world()
-    folder = step_dir / "gas"
+    folder = step.phase("gas").path
     folder.mkdir(parents=True, exist_ok=True)
     model.eval()
     todo = variants(prev, growth)
@@ -91,9 +94,9 @@ def run_gas(model, prev: ArchConfig, growth: GrowthConfig, sets, tokenize, step_
         faults.hit("gas", written)
     barrier()
     if rank == 0:
-        _score_all(prev, growth, sets, folder, step_dir / "gas.jsonl", prev_params, n_prev, n_now)
+        _score_all(prev, growth, sets, folder, step.gas_scores, prev_params, n_prev, n_now)
     barrier()
-    return choose(step_dir / "gas.jsonl", prev, growth)
+    return choose(step.gas_scores, prev, growth)
 
 
 def _score_all(prev, growth, sets, folder: Path, jsonl: Path, prev_params, n_prev, n_now) -> None:
@@ -126,7 +129,7 @@ def _score_all(prev, growth, sets, folder: Path, jsonl: Path, prev_params, n_pre
 
 
 def read_scores(jsonl: Path) -> list[dict]:
-    """Complete lines of gas.jsonl (a line cut by a crash is ignored and rescored)."""
+    """Complete lines of the score file (a line cut by a crash is ignored and rescored)."""
     if not jsonl.exists():
         return []
     rows = []

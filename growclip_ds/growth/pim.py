@@ -2,7 +2,7 @@
 
     new = pim(old_state, old_arch, new_arch, beta=0.3, gamma=0.001, seed=s)
 
-For every tensor of ``new_arch`` (GROWCLIP.md section 4):
+For every tensor of ``new_arch`` (docs/method.md section 4):
 - a counterpart exists in the old model: its overlapping leading slice becomes
   beta * w_old + gamma * w_rand; channels that exist only because of new heads keep a fresh init;
 - a new block / conv layer: the counterpart is the *last* existing block / layer of the same

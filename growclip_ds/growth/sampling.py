@@ -17,13 +17,10 @@ from __future__ import annotations
 import os
 
 from ..config import ArchConfig, GrowthConfig
-from ..distributed import RankDisagreement, check_same, rank_world
+from ..distributed import check_same, rank_world
 from . import space
 
 FAULT_ENV = "GROWCLIP_FAULT_SUBNET_RANK"  # fault injection: this rank draws a different candidate
-
-
-SubnetDisagreement = RankDisagreement
 
 
 def check_same_across_ranks(value: int, iteration: int, what: str = "subnet candidate") -> None:

@@ -1,4 +1,4 @@
-"""The growth space of step t (GROWCLIP.md section 3): six factors, each kept or grown by its delta.
+"""The growth space of step t (docs/method.md section 3): six factors, each kept or grown by its delta.
 
 Candidate i grows factor k iff bit k of i is set, so index 0 is the step t-1 architecture and
 index 63 the supernet. The subnet drawn at a supernet-training iteration comes from a generator
@@ -11,7 +11,6 @@ import dataclasses
 import random
 
 from ..config import ArchConfig, GrowthConfig
-from ..model import param_count
 from ..model.init import name_seed
 
 FACTORS = (  # (architecture field, growth delta field)
@@ -41,13 +40,6 @@ def supernet(prev: ArchConfig, growth: GrowthConfig) -> ArchConfig:
     return candidate(prev, growth, NUM_CANDIDATES - 1)
 
 
-def candidate_index(prev: ArchConfig, growth: GrowthConfig, arch: ArchConfig) -> int:
-    for i in range(NUM_CANDIDATES):
-        if candidate(prev, growth, i) == arch:
-            return i
-    raise ValueError(f"{arch} is not in the growth space of {prev}")
-
-
 def image_variant(arch: ArchConfig) -> tuple:
     """What an image embedding depends on: (conv layers, image blocks, image heads, shared blocks)."""
     return (arch.img_conv_layers, arch.img_blocks, arch.img_heads, arch.shared_blocks)
@@ -63,11 +55,3 @@ def sample_index(seed: int, growth_step: int, phase: str, iteration: int) -> int
     """The candidate of one supernet-training iteration, identical on every rank and after resume."""
     return random.Random(name_seed(seed, f"subnet/t{growth_step}/{phase}/it{iteration}")).randrange(NUM_CANDIDATES)
 
-
-def describe(prev: ArchConfig, growth: GrowthConfig) -> list[dict]:
-    """One row per candidate: index, the grown factors, the parameter count."""
-    rows = []
-    for i, a in enumerate(candidates(prev, growth)):
-        grown = [f for k, (f, _) in enumerate(FACTORS) if i >> k & 1]
-        rows.append({"index": i, "grown": grown, "params": param_count(a), "arch": a.to_dict()})
-    return rows

@@ -1,4 +1,4 @@
-"""The dual-stream GrowCLIP model with an optional shared encoder (GROWCLIP.md section 2).
+"""The dual-stream GrowCLIP model with an optional shared encoder (docs/method.md section 2).
 
     model = GrowCLIP(supernet_arch)        # owns the weights of the largest architecture
     model.set_arch(candidate_arch)         # any architecture it contains, by weight slicing

@@ -4,7 +4,7 @@
   (size and keyed hash of every file, metadata; ``signing``), then ``latest``; resume takes the
   newest checkpoint that verifies and says which it refused and why. Nothing is unpickled from a
   folder whose manifest does not verify. At another world size it loads a universal conversion.
-- ``<step>/model.safetensors`` + ``arch.json``: all ZeRO partitions merged by DeepSpeed's
+- a model folder (``rundir.MODEL`` + ``rundir.ARCH``, e.g. ``<run>/step<t>``): all ZeRO partitions merged by DeepSpeed's
   zero_to_fp32 machinery, written under a temporary name and then ``os.replace``d.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .. import faults
+from .. import faults, rundir
 from ..config import ArchConfig
 from ..distributed import any_rank, barrier, rank_world
 from ..model import param_count
@@ -197,9 +197,10 @@ def consolidated_state_dict(ckpt_dir: Path, tag: str | None = None) -> dict[str,
     return {k: v.detach().float().contiguous() for k, v in sd.items()}
 
 
-def write_model(out_dir: Path, state_dict: dict, arch: ArchConfig, extra: dict | None = None,
-                name: str = "model.safetensors") -> None:
-    """``model.safetensors`` + ``arch.json`` (architecture fields plus "params"), atomically."""
+def write_model(out_dir: Path, state_dict: dict, arch: ArchConfig, extra: dict | None = None) -> None:
+    """A model folder: the weights (safetensors) + the architecture (JSON: its fields, "params" and
+    ``extra``), each written atomically; file names from ``rundir``."""
+    name = rundir.MODEL
     out_dir = Path(out_dir)
     bad = nonfinite.nonfinite_tensors(state_dict)
     if bad:
@@ -210,12 +211,12 @@ def write_model(out_dir: Path, state_dict: dict, arch: ArchConfig, extra: dict |
     save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp))
     faults.hit("consolidate")
     os.replace(tmp, out_dir / name)
-    atomic_write_text(out_dir / "arch.json",
+    atomic_write_text(out_dir / rundir.ARCH,
                       json.dumps({**arch.to_dict(), "params": param_count(arch), **(extra or {})}, indent=1))
 
 
 def read_arch(model_dir: Path) -> ArchConfig:
-    path = Path(model_dir) / "arch.json"
+    path = Path(model_dir) / rundir.ARCH
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {model_dir} a finished growth step?")
     d = json.loads(path.read_text())
@@ -227,6 +228,18 @@ def read_model(model_dir: Path) -> tuple[dict, ArchConfig]:
     """Load a consolidated model folder without executing code (safetensors + JSON)."""
     model_dir = Path(model_dir)
     arch = read_arch(model_dir)
-    if not (model_dir / "model.safetensors").exists():
-        raise FileNotFoundError(f"{model_dir / 'model.safetensors'} not found: is {model_dir} a finished step?")
-    return load_file(str(model_dir / "model.safetensors")), arch
+    path = model_dir / rundir.MODEL
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {model_dir} a finished step?")
+    return load_file(str(path)), arch
+
+
+def shared_state(folder: Path, make) -> dict:
+    """A starting state dict (PIM, SAP) that rank 0 computes with ``make() -> (state, arch)`` and
+    writes as a model folder; every rank then loads the same file."""
+    path = Path(folder) / rundir.MODEL
+    if rank_world()[0] == 0 and not path.exists():
+        sd, arch = make()
+        write_model(path.parent, sd, arch, {"role": "initial weights"})
+    barrier()
+    return load_file(str(path))

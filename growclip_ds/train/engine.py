@@ -1,6 +1,7 @@
 """The one place that calls ``deepspeed.initialize``: ZeRO config, optimizer and schedule.
 
-The JSON in ``ds_configs/zero<stage>.json`` is merged with the run's values ("auto" fields) and
+The JSON in ``growclip_ds/ds_configs/zero<stage>.json`` (package data; ``ds_configs/`` at the top
+of a checkout is the same folder) is merged with the run's values ("auto" fields) and
 the final config is written into the phase folder, so every run records what DeepSpeed saw.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 from ..config import TrainConfig
 
-DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+DS_CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"   # shipped inside the package
 
 
 def on_cpu() -> bool:

@@ -25,6 +25,7 @@ DONE = "growclip_universal_done"
 
 
 def saved_world(meta: dict) -> int:
+    """The world size a checkpoint was saved at (from its metadata)."""
     return int(meta.get("world_size", 1))
 
 

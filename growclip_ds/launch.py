@@ -1,0 +1,173 @@
+"""Distributed entry point: train one growth step of a run. By path from a checkout, or as a module
+from any folder once installed (``deepspeed --module growclip_ds.launch ...``, ``torchrun -m``):
+
+    deepspeed --num_accelerators 2 launchers/grow.py --step 1 --config demo --run-dir runs/demo
+    torchrun --nproc_per_node 2 launchers/grow.py --step 1 --config demo --run-dir runs/demo
+    deepspeed --hostfile hostfile --master_addr HOST launchers/grow.py --step 1 --config demo ...
+    deepspeed --num_accelerators 2 launchers/grow.py --method cumulative-exp --step 2 --run-dir runs/cexp
+    deepspeed --num_accelerators 2 --module growclip_ds.launch --step 1 --config demo
+
+The config is parsed and validated before any process group starts. Each step writes its model and
+evaluation into ``<run-dir>/step<t>`` (growclip_ds/rundir.py); a re-run resumes where it stopped.
+Exit codes: 0 done, 2 bad config or input, 3 preempted (checkpointed; rerun to resume), 4 diverged
+(NaN/inf loss; ``latest`` is the last finite checkpoint), 5 undecodable data.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--step", type=int, required=True, help="growth step t (1 = train the step-1 arch from scratch)")
+    p.add_argument("--config", default="demo", help="preset name (tiny, demo, paper, vit-b-16) or JSON file")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a config field, e.g. --set train.lr=0.001 (repeatable)")
+    p.add_argument("--run-dir", default=None, help="run folder (default runs/<config name>)")
+    p.add_argument("--phase", default=None,
+                   help="run only this phase (train | supernet, sample, gas, final); default: every pending phase")
+    p.add_argument("--method", default="growclip",
+                   help="growclip (default), a baseline (tfs, twp, sap, nas) or a TiC-CLIP method (oracle, "
+                        "cumulative-all, cumulative-exp, cumulative-equal, sequential, restart, lwf, patching); "
+                        "growclip_ds/methods.py says what each does. One method per run folder")
+    p.add_argument("--candidate", type=int, default=None, metavar="INDEX",
+                   help="growclip: grow into this candidate (0-63, bit k = factor k) instead of running GAS")
+    p.add_argument("--ablate", default="", metavar="LIST",
+                   help="comma list of components to turn off (PIM@1, supernet training, GAS, PIM@3: their names are "
+                        "growclip_ds.pipeline.ABLATIONS), as the paper's Table 5")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
+                   help="checkpoint and exit after N optimizer steps of the current phase (a planned stop; "
+                        "re-run without it to resume)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+DATA_EXIT = 5           # a rank's data stream yields nothing decodable (DataStall)
+EXEC_GEN = "GROWCLIP_EXEC_GEN"  # how many phases this rank process has already run (re-executions)
+
+
+def init_distributed() -> None:
+    """Start the process group: gloo on CPU, nccl on GPU; a plain ``python`` run is a world of 1.
+
+    After a re-execution (next phase) the rendezvous store may be the launcher's (torchrun keeps
+    one store for the whole job), so its keys are namespaced by the generation: stale keys of the
+    previous phase's group would otherwise be taken for this one's and the rendezvous would hang."""
+    import torch
+    import torch.distributed as dist
+
+    from growclip_ds.distributed import accelerator_env
+
+    accelerator_env(os.environ)
+    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                 ("MASTER_PORT", "29533")):
+        os.environ.setdefault(k, v)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    gen = int(os.environ.get(EXEC_GEN, "0"))
+    if gen > 0:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world))
+        dist.init_process_group(backend, store=dist.PrefixStore(f"/growclip/gen{gen}", store), rank=rank,
+                                world_size=world)
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from growclip_ds.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.set)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        cfg.train.grad_accum(world)  # batch sizes must fit the world size: fail before any process group
+        from growclip_ds.data.manifest import Manifest
+
+        num_steps = Manifest.load(cfg.data.root).num_steps
+        from growclip_ds.eval.sets import list_sets
+
+        list_sets(cfg.data.root, cfg.data.eval)   # evaluation sets findable now, not after training
+        if args.step < 1 or args.step > num_steps:
+            raise ConfigError(f"--step: must be in 1..{num_steps}, the steps of {cfg.data.root}/manifest.parquet "
+                              f"(got {args.step})")
+        ablate = {a for a in args.ablate.split(",") if a}
+        from growclip_ds import methods
+        from growclip_ds.growth.space import NUM_CANDIDATES
+        from growclip_ds.pipeline import ABLATIONS, pending_phases, phases_for
+        from growclip_ds.rundir import RunDir
+
+        recipe = methods.get(args.method)
+        if ablate - set(ABLATIONS):
+            raise ConfigError(f"--ablate: unknown {sorted(ablate - set(ABLATIONS))}; choose from {', '.join(ABLATIONS)}")
+        if (ablate or args.candidate is not None) and recipe.init != methods.Init.GROW:
+            raise ConfigError(f"--ablate/--candidate: only for --method growclip (got {args.method})")
+        if args.candidate is not None and not 0 <= args.candidate < NUM_CANDIDATES:
+            raise ConfigError(f"--candidate: must be in 0..{NUM_CANDIDATES - 1} (got {args.candidate})")
+        phases = phases_for(args.step, ablate, args.method, args.candidate)
+        if args.phase and args.phase not in phases:
+            raise ConfigError(f"--phase: step {args.step} has phases {phases} (got {args.phase!r})")
+        run = RunDir(args.run_dir or f"runs/{cfg.name}")
+        methods.record(run, args.method, ablate, args.candidate, writer=os.environ.get("RANK", "0") == "0")
+        if args.step > 1 and not run.step(args.step - 1).finished:
+            raise ConfigError(f"--step {args.step}: step {args.step - 1} of {run} is not finished "
+                              f"({run.step(args.step - 1).eval_file} missing); run it first")
+        from growclip_ds.data.tokenizer import pin_to_run
+
+        cfg = pin_to_run(cfg, run)   # the run's own tokenizer copy: one vocabulary from step 1 on
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    todo = [args.phase] if args.phase else pending_phases(run, args.step, ablate, args.method, args.candidate)
+    if not todo:
+        print(f"[growclip_ds] {run.step(args.step).path} is complete; nothing to do")
+        return 0
+    from growclip_ds.train import preempt
+
+    preempt.install()  # SIGTERM / SIGUSR1: checkpoint after the current step, exit PREEMPTED_EXIT
+    init_distributed()
+    from growclip_ds.pipeline import run_phase_of_step
+
+    from growclip_ds.data.loader import DataStall
+    from growclip_ds.train.nonfinite import NONFINITE_EXIT, NonFiniteError
+
+    try:
+        res = run_phase_of_step(cfg, args.step, run.path, todo[0], ablate, progress=not args.no_progress,
+                                stop_after=args.stop_after_steps, method=args.method, candidate=args.candidate)
+    except NonFiniteError as e:   # raised on every rank at the same step (the ranks agreed)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"[growclip_ds] diverged: {e}", file=sys.stderr, flush=True)
+        return NONFINITE_EXIT
+    except DataStall as e:        # this rank's data: the launcher stops the other ranks
+        print(f"[growclip_ds] rank {os.environ.get('RANK', '0')}: no usable data: {e}", file=sys.stderr, flush=True)
+        os._exit(DATA_EXIT)
+    # Every rank leaves the group together: a rank exiting while gloo peers still talk to it can
+    # abort them at teardown.
+    import torch.distributed as dist
+
+    from growclip_ds.distributed import release_shm_buffer
+
+    dist.barrier()
+    release_shm_buffer()
+    dist.barrier()   # every name is gone before any rank re-executes and creates it again
+    dist.destroy_process_group()
+    if res.preempted:
+        print(f"[growclip_ds] preempted: checkpointed {res.ckpt_dir}; rerun the same command to resume", flush=True)
+        return preempt.PREEMPTED_EXIT
+    if args.phase or res.stopped or len(todo) == 1:
+        return 0
+    # Next phase in a fresh process (same pid, same rank environment, the same command line: a
+    # script path or ``-m growclip_ds.launch``): a new engine never shares a process with an old one.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.environ[EXEC_GEN] = str(int(os.environ.get(EXEC_GEN, "0")) + 1)
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The run folder: every path in it, every finished-or-not rule, every record written there.
+
+    <run>/method.json                    what made the run (one method per folder)
+    <run>/tokenizer/                     the tokenizer fixed at step 1 (data/tokenizer.py pin_to_run)
+    <run>/step<t>/config.json            the config step t ran with
+    <run>/step<t>/model.safetensors      the step's model, with arch.json (its architecture, params and
+                                         how it was chosen); the model folder format is checkpoint.py's
+    <run>/step<t>/eval.json              its evaluation: step t is finished when this exists
+    <run>/step<t>/gas.jsonl              GAS scores, a line per candidate, appended as they are known
+    <run>/step<t>/<phase>/done.json      a finished phase (train, supernet, sample, gas, final, patch) or
+                                         growth (pim1, pim3: its model and what it kept)
+    <run>/step<t>/<phase>/checkpoints/   the phase's DeepSpeed checkpoints
+
+Nothing else in the package spells these names. Records are written by rank 0, atomically (a
+reader sees the old file or the new one), and every rank waits for them.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+METHOD = "method.json"
+TOKENIZER = "tokenizer"
+CONFIG = "config.json"
+MODEL = "model.safetensors"
+ARCH = "arch.json"
+EVAL = "eval.json"
+GAS_SCORES = "gas.jsonl"
+DONE = "done.json"
+CHECKPOINTS = "checkpoints"
+PIM1, PIM3 = "pim1", "pim3"   # the growths' folders (and Table 5's names for them): PIM@1, step t-1 model ->
+GROWTHS = (PIM1, PIM3)         # supernet; PIM@3, the chosen candidate inside the supernet -> the chosen net
+_STEP = re.compile(r"^step(\d+)$")
+
+
+def write_json(path: Path, record: dict) -> None:
+    """Rank 0 writes ``record`` atomically; every rank waits until it is there."""
+    from .distributed import barrier, rank_world
+    from .train.checkpoint import atomic_write_text
+
+    if rank_world()[0] == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(record, indent=1))
+    barrier()
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+class PhaseDir:
+    """``<run>/step<t>/<phase>``: a training phase or a growth (pim1, pim3)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.name = self.path.name
+        self.done_file = self.path / DONE
+        self.checkpoints = self.path / CHECKPOINTS
+
+    @property
+    def finished(self) -> bool:
+        return self.done_file.exists()
+
+    def read_done(self) -> dict:
+        return read_json(self.done_file)
+
+    def mark_done(self, record: dict) -> None:
+        write_json(self.done_file, record)
+
+
+class StepDir:
+    """``<run>/step<t>``: the folder of growth step t, and of its model once finished."""
+
+    def __init__(self, path: Path, t: int):
+        self.path, self.t = Path(path), t
+        self.config_file = self.path / CONFIG
+        self.eval_file = self.path / EVAL
+        self.choice_file = self.path / ARCH     # the chosen architecture (GAS, fixed, random) and its record
+        self.gas_scores = self.path / GAS_SCORES
+
+    def phase(self, name: str) -> PhaseDir:
+        return PhaseDir(self.path / name)
+
+    @property
+    def finished(self) -> bool:
+        return self.eval_file.exists()
+
+    @property
+    def has_choice(self) -> bool:
+        return self.choice_file.exists()
+
+    def read_eval(self) -> dict:
+        return read_json(self.eval_file)
+
+    def write_eval(self, result: dict) -> None:
+        write_json(self.eval_file, result)
+
+    def write_config(self, cfg) -> None:
+        write_json(self.config_file, cfg.to_dict())
+
+    def read_config(self) -> dict:
+        return read_json(self.config_file)
+
+    def read_choice(self) -> dict:
+        return read_json(self.choice_file)
+
+    def write_choice(self, arch, how: str, index: int) -> None:
+        from .model import param_count
+
+        write_json(self.choice_file, {**arch.to_dict(), "params": param_count(arch), "chosen_by": how, "index": index})
+
+    def phase_records(self) -> list[dict]:
+        """done.json of every finished phase and growth of this step, in folder-name order."""
+        return [read_json(f) for f in sorted(self.path.glob(f"*/{DONE}"))]
+
+    def growth_records(self) -> dict:
+        """{"pim1": record, "pim3": record} for the growths whose keeping was measured."""
+        recs = {w: self.phase(w).read_done() for w in GROWTHS if self.phase(w).finished}
+        return {w: r for w, r in recs.items() if "kept" in r}
+
+
+class RunDir:
+    """``<run>``: a method's run over growth steps 1..T."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.method_file = self.path / METHOD
+        self.tokenizer = self.path / TOKENIZER
+
+    def step(self, t: int) -> StepDir:
+        return StepDir(self.path / f"step{t}", t)
+
+    def steps(self) -> list[StepDir]:
+        """Every step folder there, in step order."""
+        found = [(int(m.group(1)), p) for p in self.path.glob("step*") if (m := _STEP.match(p.name))]
+        return [StepDir(p, t) for t, p in sorted(found)]
+
+    def finished_steps(self) -> list[StepDir]:
+        return [s for s in self.steps() if s.finished]
+
+    def next_step(self) -> int:
+        """The first step not finished (1 in an empty run)."""
+        t = 1
+        while self.step(t).finished:
+            t += 1
+        return t
+
+    def is_run(self) -> bool:
+        return self.method_file.exists()
+
+    def read_method(self) -> dict:
+        return read_json(self.method_file)
+
+    def phase_records(self) -> list[dict]:
+        return [r for s in self.steps() for r in s.phase_records()]
+
+    def __fspath__(self) -> str:   # usable wherever a path is
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def step_of(model_dir) -> StepDir:
+    """The StepDir of a step folder given by path (``growclip-ds eval runs/demo/step2``)."""
+    p = Path(model_dir).resolve()
+    m = _STEP.match(p.name)
+    return StepDir(p, int(m.group(1)) if m else 0)
