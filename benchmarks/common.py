@@ -11,13 +11,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "docs" / "benchmarks"
 
-# Dense (no sparsity) peak FLOP/s per device, from the vendors' data sheets (SXM parts).
-PEAK_FLOPS = {
-    "v100": {"fp32": 15.7e12, "fp16": 125e12, "bf16": None},
-    "a100": {"fp32": 19.5e12, "fp16": 312e12, "bf16": 312e12},
-    "h100": {"fp32": 66.9e12, "fp16": 989.4e12, "bf16": 989.4e12},
-    "h200": {"fp32": 66.9e12, "fp16": 989.4e12, "bf16": 989.4e12},
-}
+# Dense (no sparsity) peak FLOP/s per device: the package's table (growclip_ds/cluster.py), by lower-case name.
+from growclip_ds.cluster import GPUS  # noqa: E402
+
+PEAK_FLOPS = {kind.lower(): peaks for kind, (peaks, _) in GPUS.items()}
 
 
 def device_name() -> str:

@@ -20,16 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import PEAK_FLOPS, write_record  # noqa: E402
+from growclip_ds.cluster import PAPER_PARAMS, TABLE7, growth_path  # noqa: E402
 from growclip_ds.presets import PRESETS  # noqa: E402
 from growclip_ds.growth import space  # noqa: E402
 from growclip_ds.model import param_count  # noqa: E402
 from growclip_ds.model.flops import forward_flops, image_flops, train_flops  # noqa: E402
 
-PAPER_PARAMS = {1: 30.0e6, 2: 116.6e6, 3: 168.6e6, 4: 188.4e6}
 PAPER_NAS_S4 = 325.9e6
-# (name, paper params in M, paper epochs, paper V100 GPU-hours)
-TABLE7 = [("CLIP-S2 (TFS)", 149.6, 30, 336), ("GrowCLIP-S2", 116.6, 30, 288), ("GrowCLIP-S4 (TFS)", 188.4, 30, 1230),
-          ("GrowCLIP-S4 (9 ep)", 188.4, 9, 722), ("NAS-S4", 325.9, 60, 5280), ("GrowCLIP-S4", 188.4, 30, 1583)]
 
 
 def nearest(cands, target):
@@ -37,11 +34,10 @@ def nearest(cands, target):
 
 
 def fitted_path():
-    """The step 1..4 architectures and the NAS-S4 choice, fitted to the paper's parameter counts."""
+    """The step 1..4 architectures (growclip_ds.cluster.growth_path: nearest the paper's parameter
+    counts) and the NAS-S4 choice, fitted the same way."""
     cfg = PRESETS["paper"]
-    archs = {1: cfg.arch}
-    for t in (2, 3, 4):
-        archs[t] = nearest(space.candidates(archs[t - 1], cfg.growth), PAPER_PARAMS[t])
+    archs = dict(enumerate(growth_path(cfg, 4), start=1))
     nas = nearest(space.candidates(archs[3], cfg.growth), PAPER_NAS_S4)
     return cfg.growth, archs, nas
 

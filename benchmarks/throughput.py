@@ -1,8 +1,12 @@
 """Training throughput, MFU, data wait and peak memory of the DeepSpeed engine, with a plain PyTorch
-DDP loop on the same model, data and ranks timed in the same run (blocks interleaved A B A B).
+DDP loop on the same model, data and ranks timed in the same run (blocks interleaved A B A B), and
+optionally the engine after ``engine.compile()`` (``--compile``) and open_clip's own model and loss
+under DDP on the same architecture and weights (``--peer open_clip``; needs open_clip and an
+architecture it can express: ``arch.stem=patch``, ``arch.tower=clip``).
 
     python benchmarks/throughput.py --config demo --ranks 2 --zero 2 --steps 10 --rounds 3
     python benchmarks/throughput.py --config demo --ranks 2 --zero 3 --data shards
+    python benchmarks/throughput.py --config demo --set arch.stem=patch ... --set arch.tower=clip --peer open_clip --compile
     torchrun --nproc_per_node 8 benchmarks/throughput.py --config vit-b-16 --precision bf16 ...  # GPU
 
 Without RANK in the environment it starts ``--ranks`` local processes with torchrun (CPU: gloo).
@@ -26,6 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import REPO, device_name, measure_matmul_peak, table_peak, write_record  # noqa: E402
 
 
+SYNTH_EOT = 3   # the end-of-text id of the synthetic captions
+
+
 def batches(args, cfg, rank: int, world: int, device):
     """Endless (images, tokens) micro-batches: fixed random tensors, or the real shard loader."""
     import torch
@@ -34,7 +41,9 @@ def batches(args, cfg, rank: int, world: int, device):
     if args.data == "synthetic":
         g = torch.Generator().manual_seed(rank)
         images = torch.randn(t.micro_batch, 3, arch.image_size, arch.image_size, generator=g).to(device)
-        tokens = torch.randint(1, arch.vocab_size, (t.micro_batch, arch.context_length), generator=g).to(device)
+        tokens = torch.randint(SYNTH_EOT + 1, arch.vocab_size, (t.micro_batch, arch.context_length), generator=g)
+        tokens[:, -1] = SYNTH_EOT          # one end-of-text token, last: both models pool the same position
+        tokens = tokens.to(device)
         while True:
             yield images, tokens
     from growclip_ds.data.loader import EpochPlan, make_loader
@@ -51,14 +60,14 @@ def batches(args, cfg, rank: int, world: int, device):
 class DDPTrainer:
     """The reference: torch DDP, the same optimizer groups and clipping, gradient accumulation."""
 
-    def __init__(self, model, t, world: int, device):
+    def __init__(self, model, t, world: int, device, groups=None):
         import torch
         from torch.nn.parallel import DistributedDataParallel
 
         from growclip_ds.train.engine import param_groups
 
         self.model = DistributedDataParallel(model.to(device), device_ids=[device.index] if device.type == "cuda" else None)
-        groups = param_groups(model, t.weight_decay)
+        groups = groups or param_groups(model, t.weight_decay)
         if t.optimizer == "lamb":
             from timm.optim import Lamb
             self.opt = Lamb(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, max_grad_norm=None)
@@ -180,6 +189,20 @@ def worker(args) -> None:
     clocks = {"deepspeed": Clock(sync), "ddp": Clock(sync)}
     runs = {"deepspeed": lambda d: engine_step(engine, d, accum, clip_loss, clocks["deepspeed"]),
             "ddp": lambda d: ddp.step(d, clip_loss, clocks["ddp"])}
+    if args.compile:
+        model_c = GrowCLIP(arch, seed=t.seed)
+        model_c.set_grad_checkpointing(args.grad_ckpt)
+        engine_c, _, _ = build_engine(model_c, t, world, total_steps=10 ** 6)
+        engine_c.compile()                 # torch.compile through DeepSpeed; compiles in the warm-up steps
+        clocks["deepspeed+compile"] = Clock(sync)
+        runs["deepspeed+compile"] = lambda d: engine_step(engine_c, d, accum, clip_loss, clocks["deepspeed+compile"])
+    if args.peer == "open_clip":
+        peer, peer_loss = open_clip_peer(GrowCLIP(arch, seed=t.seed).state_dict(), arch, rank, world)
+        groups = [{"params": [p for p in peer.parameters() if p.ndim >= 2], "weight_decay": t.weight_decay},
+                  {"params": [p for p in peer.parameters() if p.ndim < 2], "weight_decay": 0.0}]
+        oc = DDPTrainer(peer, t, world, device, groups)
+        clocks["open_clip"] = Clock(sync)
+        runs["open_clip"] = lambda d: oc.step(d, peer_loss, clocks["open_clip"])
     data = {k: Timed(batches(args, cfg, rank, world, device)) for k in runs}
     times = {k: [] for k in runs}
     waits = {k: [] for k in runs}
@@ -230,6 +253,21 @@ def worker(args) -> None:
     dist.destroy_process_group()
 
 
+def open_clip_peer(state: dict, arch, rank: int, world: int):
+    """open_clip's CLIP model holding our initial weights (growclip_ds.export's mapping: the same
+    function, so the first losses agree) and open_clip's own loss, gathered as ours is."""
+    import open_clip
+
+    from growclip_ds.export import check_exportable, open_clip_config, open_clip_state
+
+    check_exportable(arch)
+    eos = type("Tok", (), {"eos_token_id": SYNTH_EOT})()
+    model = open_clip.CLIP(**open_clip_config(arch, eos)["model_cfg"])
+    model.load_state_dict(open_clip_state(state, arch))
+    loss = open_clip.ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True, rank=rank, world_size=world)
+    return model, loss
+
+
 def report(args, cfg, world, dev, measured_peak, sheet, res, params, step_flops) -> None:
     ratio = res["deepspeed"]["median_step_s"] / res["ddp"]["median_step_s"]
     record = {"config": args.config, "overrides": args.set, "params": params, "arch": cfg.arch.to_dict(),
@@ -259,6 +297,13 @@ def report(args, cfg, world, dev, measured_peak, sheet, res, params, step_flops)
         table.append(f"| {k} | {ms['forward']:.1f} | {ms['backward']:.1f} | {ms['step']:.1f} |")
     table += ["", f"DeepSpeed / DDP step time: **{ratio:.3f}** (first-step loss {res['deepspeed']['first_loss']:.5f} "
               f"vs {res['ddp']['first_loss']:.5f})"]
+    for k in ("deepspeed+compile", "open_clip"):
+        if k in res:
+            table.append(f"samples/s, deepspeed / {k}: **{res['deepspeed']['samples_per_s'] / res[k]['samples_per_s']:.3f}**"
+                         f" (first-step loss {res[k]['first_loss']:.5f})")
+    if "deepspeed+compile" in res and "open_clip" in res:
+        table.append(f"samples/s, deepspeed+compile / open_clip: "
+                     f"**{res['deepspeed+compile']['samples_per_s'] / res['open_clip']['samples_per_s']:.3f}**")
     print("\n".join(table))
     path = write_record(f"throughput_{args.config}{args.tag and '-' + args.tag}_zero{args.zero}_w{world}", record, table, dev)
     print(f"wrote {path}")
@@ -279,6 +324,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--matmul-n", type=int, default=1024)
     p.add_argument("--tag", default="", help="added to the record's file name (e.g. for --set variants)")
+    p.add_argument("--compile", action="store_true", help="also time the engine after engine.compile(), same run")
+    p.add_argument("--peer", default="", choices=("", "open_clip"),
+                   help="also time open_clip's model and loss under DDP on the same architecture and weights")
     p.add_argument("--master-port", type=int, default=29720)
     args = p.parse_args()
     if "RANK" in os.environ:

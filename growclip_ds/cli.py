@@ -5,6 +5,7 @@
     growclip-ds eval runs/demo/step1 --config demo
     growclip-ds demo                               # make data, grow over all steps on 2 ranks, report
     growclip-ds plan runs/demo --config demo       # what the next growth step would do, and its cost
+    growclip-ds plan --config paper --cluster 2x8xH100   # memory per ZeRO stage and GPU-hours of a cluster run
     growclip-ds report runs/demo
     growclip-ds export runs/vitb/step1 --format hf --out exported/hf   # CLIPModel / open_clip (vit-b-16 style)
 """
@@ -131,9 +132,17 @@ def _report(args) -> int:
 
 
 def _plan(args) -> int:
+    cfg = load_config(args.config, args.set)
+    if args.cluster:
+        from .cluster import parse_cluster, plan_cluster
+
+        print(plan_cluster(cfg, parse_cluster(args.cluster), args.mfu, args.samples_per_step, args.steps))
+        return 0
+    if not args.run_dir:
+        raise ValueError("plan: name a run folder (what its next step would do) or --cluster NODESxGPUSxKIND")
     from .planning import plan_next_step
 
-    print(plan_next_step(load_config(args.config, args.set), Path(args.run_dir)))
+    print(plan_next_step(cfg, Path(args.run_dir)))
     return 0
 
 
@@ -216,8 +225,15 @@ def main(argv=None) -> int:
                                        "folder of run folders (one method each, as benchmarks/reproduce.py makes)")
     rp.add_argument("run_dir", help="a run folder, or a folder of run folders")
     rp.set_defaults(fn=_report)
-    pl = sub.add_parser("plan", parents=[common], help="what the next growth step of a run would do, and its cost")
-    pl.add_argument("run_dir")
+    pl = sub.add_parser("plan", parents=[common], help="what the next growth step of a run would do, and its cost; "
+                                                       "or, with --cluster, the memory and GPU-hours of a whole run")
+    pl.add_argument("run_dir", nargs="?", default=None)
+    pl.add_argument("--cluster", default=None, metavar="NODESxGPUSxKIND", help="e.g. 2x8xH100, 16x1xV100 "
+                    "(growclip_ds/cluster.py; no run folder needed)")
+    pl.add_argument("--mfu", type=float, default=0.4, help="--cluster: the model FLOPs utilisation assumed")
+    pl.add_argument("--samples-per-step", type=float, default=3.0e6,
+                    help="--cluster: new samples per growth step (default CC12M / 4)")
+    pl.add_argument("--steps", type=int, default=4, help="--cluster: growth steps")
     pl.set_defaults(fn=_plan)
 
     sl = sub.add_parser("slurm", help="print (or submit) the sbatch command for a run folder")

@@ -76,66 +76,88 @@ def init_distributed() -> None:
     deepspeed.init_distributed(dist_backend=backend)
 
 
+def check(args):
+    """(config with the run's tokenizer, run folder, ablations): every input checked before any
+    process group starts; raises ConfigError / FileNotFoundError / ValueError naming what to fix."""
+    from growclip_ds import methods
+    from growclip_ds.config import ConfigError, load_config
+    from growclip_ds.data.manifest import Manifest
+    from growclip_ds.data.tokenizer import pin_to_run
+    from growclip_ds.eval.sets import list_sets
+    from growclip_ds.growth.space import NUM_CANDIDATES
+    from growclip_ds.pipeline import ABLATIONS, phases_for
+    from growclip_ds.rundir import RunDir
+
+    cfg = load_config(args.config, args.set)
+    cfg.train.grad_accum(int(os.environ.get("WORLD_SIZE", "1")))  # batch sizes must fit the world size
+    num_steps = Manifest.load(cfg.data.root).num_steps
+    list_sets(cfg.data.root, cfg.data.eval)   # evaluation sets findable now, not after training
+    if args.step < 1 or args.step > num_steps:
+        raise ConfigError(f"--step: must be in 1..{num_steps}, the steps of {cfg.data.root}/manifest.parquet "
+                          f"(got {args.step})")
+    ablate = {a for a in args.ablate.split(",") if a}
+    if ablate - set(ABLATIONS):
+        raise ConfigError(f"--ablate: unknown {sorted(ablate - set(ABLATIONS))}; choose from {', '.join(ABLATIONS)}")
+    if (ablate or args.candidate is not None) and methods.get(args.method).init != methods.Init.GROW:
+        raise ConfigError(f"--ablate/--candidate: only for --method growclip (got {args.method})")
+    if args.candidate is not None and not 0 <= args.candidate < NUM_CANDIDATES:
+        raise ConfigError(f"--candidate: must be in 0..{NUM_CANDIDATES - 1} (got {args.candidate})")
+    phases = phases_for(args.step, ablate, args.method, args.candidate)
+    if args.phase and args.phase not in phases:
+        raise ConfigError(f"--phase: step {args.step} has phases {phases} (got {args.phase!r})")
+    run = RunDir(args.run_dir or f"runs/{cfg.name}")
+    methods.record(run, args.method, ablate, args.candidate, writer=os.environ.get("RANK", "0") == "0")
+    if args.step > 1 and not run.step(args.step - 1).finished:
+        raise ConfigError(f"--step {args.step}: step {args.step - 1} of {run} is not finished "
+                          f"({run.step(args.step - 1).eval_file} missing); run it first")
+    return pin_to_run(cfg, run), run, ablate   # the run's own tokenizer copy: one vocabulary from step 1 on
+
+
+def leave_group() -> None:
+    """Every rank leaves the process group together (a rank exiting while gloo peers still talk to it
+    can abort them at teardown), its shared-memory buffer gone before any rank re-creates it."""
+    import torch.distributed as dist
+
+    from growclip_ds.distributed import release_shm_buffer
+
+    dist.barrier()
+    release_shm_buffer()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def next_phase() -> None:
+    """Re-execute for the next phase (same pid, same rank environment, the same command line: a script
+    path or ``-m growclip_ds.launch``): a new engine never shares a process with an old one."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.environ[EXEC_GEN] = str(int(os.environ.get(EXEC_GEN, "0")) + 1)
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from growclip_ds.config import ConfigError, load_config
+    from growclip_ds.config import ConfigError
 
     try:
-        cfg = load_config(args.config, args.set)
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        cfg.train.grad_accum(world)  # batch sizes must fit the world size: fail before any process group
-        from growclip_ds.data.manifest import Manifest
-
-        num_steps = Manifest.load(cfg.data.root).num_steps
-        from growclip_ds.eval.sets import list_sets
-
-        list_sets(cfg.data.root, cfg.data.eval)   # evaluation sets findable now, not after training
-        if args.step < 1 or args.step > num_steps:
-            raise ConfigError(f"--step: must be in 1..{num_steps}, the steps of {cfg.data.root}/manifest.parquet "
-                              f"(got {args.step})")
-        ablate = {a for a in args.ablate.split(",") if a}
-        from growclip_ds import methods
-        from growclip_ds.growth.space import NUM_CANDIDATES
-        from growclip_ds.pipeline import ABLATIONS, pending_phases, phases_for
-        from growclip_ds.rundir import RunDir
-
-        recipe = methods.get(args.method)
-        if ablate - set(ABLATIONS):
-            raise ConfigError(f"--ablate: unknown {sorted(ablate - set(ABLATIONS))}; choose from {', '.join(ABLATIONS)}")
-        if (ablate or args.candidate is not None) and recipe.init != methods.Init.GROW:
-            raise ConfigError(f"--ablate/--candidate: only for --method growclip (got {args.method})")
-        if args.candidate is not None and not 0 <= args.candidate < NUM_CANDIDATES:
-            raise ConfigError(f"--candidate: must be in 0..{NUM_CANDIDATES - 1} (got {args.candidate})")
-        phases = phases_for(args.step, ablate, args.method, args.candidate)
-        if args.phase and args.phase not in phases:
-            raise ConfigError(f"--phase: step {args.step} has phases {phases} (got {args.phase!r})")
-        run = RunDir(args.run_dir or f"runs/{cfg.name}")
-        methods.record(run, args.method, ablate, args.candidate, writer=os.environ.get("RANK", "0") == "0")
-        if args.step > 1 and not run.step(args.step - 1).finished:
-            raise ConfigError(f"--step {args.step}: step {args.step - 1} of {run} is not finished "
-                              f"({run.step(args.step - 1).eval_file} missing); run it first")
-        from growclip_ds.data.tokenizer import pin_to_run
-
-        cfg = pin_to_run(cfg, run)   # the run's own tokenizer copy: one vocabulary from step 1 on
+        cfg, run, ablate = check(args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from growclip_ds.data.loader import DataStall
+    from growclip_ds.pipeline import pending_phases, run_phase_of_step
+    from growclip_ds.train import preempt
+    from growclip_ds.train.nonfinite import NONFINITE_EXIT, NonFiniteError
+
     todo = [args.phase] if args.phase else pending_phases(run, args.step, ablate, args.method, args.candidate)
     if not todo:
         print(f"[growclip_ds] {run.step(args.step).path} is complete; nothing to do")
         return 0
-    from growclip_ds.train import preempt
-
     preempt.install()  # SIGTERM / SIGUSR1: checkpoint after the current step, exit PREEMPTED_EXIT
     init_distributed()
-    from growclip_ds.pipeline import run_phase_of_step
-
-    from growclip_ds.data.loader import DataStall
-    from growclip_ds.train.nonfinite import NONFINITE_EXIT, NonFiniteError
-
     try:
         res = run_phase_of_step(cfg, args.step, run.path, todo[0], ablate, progress=not args.no_progress,
                                 stop_after=args.stop_after_steps, method=args.method, candidate=args.candidate)
@@ -146,27 +168,13 @@ def main(argv=None) -> int:
     except DataStall as e:        # this rank's data: the launcher stops the other ranks
         print(f"[growclip_ds] rank {os.environ.get('RANK', '0')}: no usable data: {e}", file=sys.stderr, flush=True)
         os._exit(DATA_EXIT)
-    # Every rank leaves the group together: a rank exiting while gloo peers still talk to it can
-    # abort them at teardown.
-    import torch.distributed as dist
-
-    from growclip_ds.distributed import release_shm_buffer
-
-    dist.barrier()
-    release_shm_buffer()
-    dist.barrier()   # every name is gone before any rank re-executes and creates it again
-    dist.destroy_process_group()
+    leave_group()
     if res.preempted:
         print(f"[growclip_ds] preempted: checkpointed {res.ckpt_dir}; rerun the same command to resume", flush=True)
         return preempt.PREEMPTED_EXIT
     if args.phase or res.stopped or len(todo) == 1:
         return 0
-    # Next phase in a fresh process (same pid, same rank environment, the same command line: a
-    # script path or ``-m growclip_ds.launch``): a new engine never shares a process with an old one.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.environ[EXEC_GEN] = str(int(os.environ.get(EXEC_GEN, "0")) + 1)
-    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    next_phase()
 
 
 if __name__ == "__main__":

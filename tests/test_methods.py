@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from growclip_ds import methods
 from growclip_ds.config import replace
+from growclip_ds.rundir import RunDir
 from growclip_ds.presets import PRESETS
 from growclip_ds.data.loader import EpochPlan, make_loader
 from growclip_ds.data.manifest import Manifest
@@ -83,30 +84,26 @@ def prev_run(tmp_path_factory, tiny_data):
     return cfg, run
 
 
-def _shared(path, make):
-    sd, arch = make()
-    return sd
-
-
 def test_recipes_start_from_the_right_weights_and_data(prev_run):
     cfg, run = prev_run
-    prev, arch = checkpoint.read_model(run / "step1")
-    twp = methods.baseline_phase(cfg, methods.get("twp"), 2, run, _shared)
+    rd = RunDir(run)
+    prev, arch = checkpoint.read_model(rd.step(1).path)
+    twp = methods.baseline_phase(cfg, methods.get("twp"), 2, rd)
     assert all(torch.equal(twp.init_state[k], prev[k]) for k in prev) and twp.num_samples is None
-    assert methods.baseline_phase(cfg, methods.get("tfs"), 2, run, _shared).init_state is None
-    seq = methods.baseline_phase(cfg, methods.get("sequential"), 2, run, _shared)
+    assert methods.baseline_phase(cfg, methods.get("tfs"), 2, rd).init_state is None
+    seq = methods.baseline_phase(cfg, methods.get("sequential"), 2, rd)
     assert [s.steps for s in seq.mixture] == [(2,)] and seq.warmup == "none"     # TiC-CLIP: no warm-up
-    assert methods.baseline_phase(cfg, methods.get("twp"), 2, run, _shared).warmup == "inherited"   # paper's rule
-    assert methods.baseline_phase(cfg, methods.get("tfs"), 2, run, _shared).warmup == "scratch"
+    assert methods.baseline_phase(cfg, methods.get("twp"), 2, rd).warmup == "inherited"   # paper's rule
+    assert methods.baseline_phase(cfg, methods.get("tfs"), 2, rd).warmup == "scratch"
     assert seq.num_samples == round(cfg.train.epochs * 128)                     # C = cost of step 1
-    assert methods.baseline_phase(cfg, methods.get("oracle"), 2, run, _shared).num_samples == 2 * 128
-    assert [s.steps for s in methods.baseline_phase(cfg, methods.get("cumulative-all"), 2, run, _shared).mixture] \
+    assert methods.baseline_phase(cfg, methods.get("oracle"), 2, rd).num_samples == 2 * 128
+    assert [s.steps for s in methods.baseline_phase(cfg, methods.get("cumulative-all"), 2, rd).mixture] \
         == [(1, 2)]
-    lwf = methods.baseline_phase(cfg, methods.get("lwf"), 2, run, _shared)
+    lwf = methods.baseline_phase(cfg, methods.get("lwf"), 2, rd)
     assert lwf.teacher[1] == arch and lwf.distill_weight == cfg.method.lwf_weight
 
     cfg = replace(cfg, method=replace(cfg.method, sap_shrink=0.4, sap_noise=0.05))
-    sap = methods.baseline_phase(cfg, methods.get("sap"), 2, run, _shared).init_state
+    sap = methods.baseline_phase(cfg, methods.get("sap"), 2, rd).init_state
     specs = arch_specs(arch)
     for name, w in prev.items():
         spec = specs[name][1]
