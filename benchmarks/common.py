@@ -57,7 +57,7 @@ def write_record(name: str, record: dict, table: list[str], device: str = "cpu")
     """Write ``record`` (plus machine and date) as JSON and ``table`` as Markdown; returns the JSON path."""
     record = {**record, "machine": machine(), "device": device, "date": time.strftime("%Y-%m-%d")}
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    stem = OUT_DIR / f"{name}_{device}_{record['date']}"
-    stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
-    stem.with_suffix(".md").write_text("\n".join(table) + "\n")
-    return stem.with_suffix(".json")
+    stem = f"{name}_{device}_{record['date']}".replace("/", "-")   # a tag may hold dots ("1.7M"): no with_suffix
+    (OUT_DIR / f"{stem}.json").write_text(json.dumps(record, indent=1))
+    (OUT_DIR / f"{stem}.md").write_text("\n".join(table) + "\n")
+    return OUT_DIR / f"{stem}.json"

@@ -3,19 +3,27 @@ from an empty folder (its ZeRO configs and its launcher come from the installed 
 this checkout), and the result is a finished run with an evaluation."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 
 from growclip_ds.rundir import RunDir
 from tests.conftest import REPO, free_port, run_bounded
 
 
 def test_wheel_runs_the_demo_from_an_empty_folder(tmp_path):
-    wheels, venv, work = tmp_path / "wheels", tmp_path / "venv", tmp_path / "empty"
+    wheels, venv, work, src = tmp_path / "wheels", tmp_path / "venv", tmp_path / "empty", tmp_path / "src"
+    # built from a copy: setuptools builds in the source tree, and a stale build/ there could ship deleted files
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", "runs", "data", "build", "*.egg-info", ".git",
+                                                             "__pycache__", "docs"))
+    (src / "docs").mkdir()
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                    str(REPO)], check=True, capture_output=True)
+                    str(src)], check=True, capture_output=True)
     wheel = next(wheels.glob("growclip_ds-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"growclip_ds/ds_configs/zero{k}.json" for k in range(4)} | {"growclip_ds/launch.py"} <= names
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
     site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], check=True,
