@@ -16,14 +16,19 @@ from tests.conftest import REPO, free_port, run_bounded
 def test_wheel_runs_the_demo_from_an_empty_folder(tmp_path):
     wheels, venv, work, src = tmp_path / "wheels", tmp_path / "venv", tmp_path / "empty", tmp_path / "src"
     # built from a copy: setuptools builds in the source tree, and a stale build/ there could ship deleted files
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", "runs", "data", "build", "*.egg-info", ".git",
-                                                             "__pycache__", "docs"))
+    top = {".venv", "runs", "data", "build", ".git", "docs", "growclip_ds.egg-info"}   # top-level names only
+
+    def skip(folder, names):
+        return [n for n in names if n == "__pycache__" or (folder == str(REPO) and n in top)]
+
+    shutil.copytree(REPO, src, ignore=skip)
     (src / "docs").mkdir()
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
                     str(src)], check=True, capture_output=True)
     wheel = next(wheels.glob("growclip_ds-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"growclip_ds/ds_configs/zero{k}.json" for k in range(4)} | {"growclip_ds/launch.py"} <= names
+    assert {"growclip_ds/data/manifest.py", "growclip_ds/train/trainer.py", "growclip_ds/growth/step.py"} <= names
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
     site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], check=True,
