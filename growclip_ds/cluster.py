@@ -30,6 +30,7 @@ count against the tensors autograd actually saves.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -83,6 +84,7 @@ def parse_cluster(text: str) -> Cluster:
     return Cluster(int(m.group(1)), int(m.group(2)), m.group(3).upper())
 
 
+@functools.lru_cache(maxsize=64)
 def largest_layer(arch: ArchConfig) -> int:
     """Parameters of the module with the most parameters of its own (DeepSpeed's ``model_to_params``
     rule: what ZeRO-3 gathers at once), on the meta device."""

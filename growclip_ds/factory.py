@@ -28,8 +28,10 @@ def build(state: dict, arch: ArchConfig, device="cpu") -> GrowCLIP:
 
 
 def run_tokenizer_dir(step_dir) -> Path:
-    """The tokenizer a step folder was trained with: ``<run>/tokenizer``."""
-    return Path(step_dir).resolve().parent / "tokenizer"
+    """The tokenizer a step folder was trained with: its run's copy (``rundir``)."""
+    from .rundir import run_of
+
+    return run_of(step_dir).tokenizer
 
 
 def load(step_dir, device="cpu", tokenizer=None):

@@ -119,9 +119,8 @@ def _train(ctx: StepRun) -> PhaseResult:
     return res
 
 
-def _supernet_phase(ctx: StepRun, name: str, init: dict | None, **kw) -> PhaseResult:
+def _supernet_phase(ctx: StepRun, gs: GrowthStep, name: str, init: dict | None, **kw) -> PhaseResult:
     """``supernet`` and ``sample``: train the supernet, then write it as the phase's model."""
-    gs = ctx.growth()
     res = ctx.train(Phase(name, ctx.t, gs.super_arch, ctx.t, init, **kw))
     if not res.stopped:
         if rank_world()[0] == 0:
@@ -133,13 +132,13 @@ def _supernet_phase(ctx: StepRun, name: str, init: dict | None, **kw) -> PhaseRe
 
 def _supernet(ctx: StepRun) -> PhaseResult:
     gs = ctx.growth()
-    return _supernet_phase(ctx, "supernet", gs.supernet_init(), epochs=ctx.cfg.growth.supernet_epochs,
+    return _supernet_phase(ctx, gs, "supernet", gs.supernet_init(), epochs=ctx.cfg.growth.supernet_epochs,
                            warmup=gs.warmup)
 
 
 def _sample(ctx: StepRun) -> PhaseResult:
     gs, g = ctx.growth(), ctx.cfg.growth
-    return _supernet_phase(ctx, "sample", gs.latest_supernet(), sampler=gs.sampler(g.check_every),
+    return _supernet_phase(ctx, gs, "sample", gs.latest_supernet(), sampler=gs.sampler(g.check_every),
                            epochs=g.sample_epochs, warmup="inherited")
 
 

@@ -162,8 +162,6 @@ class RunDir:
         return str(self.path)
 
 
-def step_of(model_dir) -> StepDir:
-    """The StepDir of a step folder given by path (``growclip-ds eval runs/demo/step2``)."""
-    p = Path(model_dir).resolve()
-    m = _STEP.match(p.name)
-    return StepDir(p, int(m.group(1)) if m else 0)
+def run_of(step_dir) -> RunDir:
+    """The run a step folder given by path belongs to (``growclip-ds eval runs/demo/step2``)."""
+    return RunDir(Path(step_dir).resolve().parent)

@@ -70,9 +70,6 @@ class TextTokenizer:
         return out
 
 
-RUN_COPY = "tokenizer"
-
-
 def tokenizer_path(data) -> Path:
     """The tokenizer folder a config names: ``data.tokenizer``, else ``<data.root>/tokenizer``."""
     return Path(data.tokenizer) if data.tokenizer else Path(data.root) / "tokenizer"
@@ -91,12 +88,13 @@ def load_tokenizer(cfg, arch) -> TextTokenizer:
 def pin_to_run(cfg, run_dir):
     """``cfg`` whose tokenizer is the run's own copy, made from the configured one on first use."""
     from ..config import replace
+    from ..rundir import RunDir
 
-    run_copy = Path(run_dir) / RUN_COPY
+    run_copy = RunDir(run_dir).tokenizer
     if not run_copy.exists():
         src = tokenizer_path(cfg.data)
         TextTokenizer(src, 3)   # fails here, with what to do, if the folder is not a tokenizer
-        tmp = run_copy.with_name(f".{RUN_COPY}.{os.getpid()}.tmp")
+        tmp = run_copy.with_name(f".{run_copy.name}.{os.getpid()}.tmp")
         shutil.copytree(src, tmp, dirs_exist_ok=True)
         try:
             os.replace(tmp, run_copy)

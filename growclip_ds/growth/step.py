@@ -3,6 +3,7 @@
 loaded by every rank, and measured for what it kept (``kept.py``) the first time."""
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -68,14 +69,15 @@ class GrowthStep:
             old = build(checkpoint.read_model(src_dir)[0], src_arch, accelerator_device())
             old.set_arch(dst if which == PIM3 else src_arch)   # PIM@3: the choice as it was inside the supernet
             kept = measure_kept(old, build(state, dst, accelerator_device()), self.fixed_batch(), self.selection_sets(),
-                                self.tokenizer())
+                                self.tok)
             if rank_world()[0] == 0:
                 print(f"[growclip_ds] step {self.t} {which} ({self.inheritance(which)['inherit']}): "
                       f"{describe_kept(kept)}", flush=True)
             folder.mark_done({**self.inheritance(which), "kept": kept, "wall_s": time.time() - t0})
         return state
 
-    def tokenizer(self):
+    @functools.cached_property
+    def tok(self):
         return load_tokenizer(self.cfg, self.super_arch)
 
     def selection_sets(self):
@@ -90,7 +92,7 @@ class GrowthStep:
 
         m = self.manifest
         return first_samples([e.path for e in m.shards([self.t])], min(self.cfg.train.global_batch, 256),
-                             self.super_arch.image_size, self.tokenizer(), exclude=m.holdout)
+                             self.super_arch.image_size, self.tok, exclude=m.holdout)
 
     def supernet_init(self) -> dict | None:
         """PIM@1: the step t-1 model grown into the supernet (NAS: none, a fresh init)."""
