@@ -5,6 +5,10 @@ the comparison report (Tables 3, 4, 5, 9, 1 and TiC-CLIP's transfer summary, wit
     python benchmarks/reproduce.py --budget 6 --jobs 1   # twice the training per step, one job at a time
     python benchmarks/reproduce.py --config tiny --budget 4 --out runs/repro-tiny   # a smoke run, ~5 min
 
+``--match flops`` compares at equal compute instead (docs/results/growth_pays_cpu2_2026-11-30): every
+method spends F_t = E x N^t x the step-1 architecture's training FLOPs per sample at step t; a bigger
+model sees fewer samples; ``tfs-chosen`` (a --methods entry) trains GrowCLIP's last choice from scratch.
+
 ``--budget E`` is the passes over D^t that every growth step may spend (the paper's 30): step 1 and
 TFS/TWP/SAP train E epochs, GrowCLIP and NAS split them 2:2:26 over supernet fine-tuning, supernet
 sampling and the chosen net (the paper's split), and TiC-CLIP's C is E x N^1. Every run is a run folder
@@ -57,6 +61,7 @@ class Run:
     step1_from: str = "_step1"     # the run whose step 1 this one starts from ("" = its own)
     share: tuple = ()              # finished phases of ``share_from``'s step 2 copied in
     share_from: str = "growclip"
+    arch_from: str = ""            # train the last architecture this run chose (the paper's TFS row of GrowCLIP)
 
 
 def shared_phases(ablate) -> tuple:
@@ -91,7 +96,10 @@ def plan(cfg, methods: list[str], last: int, tables: set, modes: list[str]) -> l
     grow = tuple(range(2, last + 1))
     runs = [Run("_step1", steps=(1,), step1_from="")]
     for m in methods:
-        if m == "growclip":
+        if m == CHOSEN:
+            runs.append(Run(CHOSEN, "tfs", tuple(range(1, last + 1)), step1_from="",
+                            arch_from=growclip_name(modes[0], modes)))
+        elif m == "growclip":
             runs += [Run(growclip_name(mode, modes), m, grow, sets=(f"growth.inherit={mode}",)) for mode in modes]
         else:
             runs.append(Run(m, m, grow))
@@ -117,6 +125,18 @@ def plan(cfg, methods: list[str], last: int, tables: set, modes: list[str]) -> l
     return runs
 
 
+CHOSEN = "tfs-chosen"   # TFS of the architecture GrowCLIP chose at the last step, from scratch at every step
+
+
+def chosen_arch_sets(run: Path, last: int, cfg) -> list[str]:
+    """Overrides that make the configured architecture the one ``run`` chose at step ``last``, with the
+    FLOP budget still counted in the configured architecture's FLOPs."""
+    from growclip_ds.model.flops import train_flops
+
+    arch = RunDir(run).step(last).read_choice()
+    return [f"arch.{f}={arch[f]}" for f, _ in FACTORS] + [f"train.flops_per_sample={train_flops(cfg.arch)}"]
+
+
 def copy_phase(src: Path, dst: Path, phase: str) -> None:
     """A finished phase of step 2 (its model and records; GAS also its scores and choice)."""
     s, d = RunDir(src).step(2), RunDir(dst).step(2)
@@ -130,8 +150,8 @@ def copy_phase(src: Path, dst: Path, phase: str) -> None:
 class Runner:
     """Runs (run, step) jobs as subprocesses, ``jobs`` at a time, each when what it needs is finished."""
 
-    def __init__(self, args, out: Path, runs: list[Run], base_sets: list[str]):
-        self.args, self.out, self.base_sets = args, out, base_sets
+    def __init__(self, args, out: Path, runs: list[Run], base_sets: list[str], cfg):
+        self.args, self.out, self.base_sets, self.cfg = args, out, base_sets, cfg
         self.runs = {r.name: r for r in runs}
         self.todo = [(r.name, t) for r in runs for t in r.steps if not self.finished(r.name, t)]
         self.total = len(self.todo)
@@ -147,6 +167,7 @@ class Runner:
         if step > r.steps[0]:
             return [(name, step - 1)]
         need = [(r.step1_from, 1)] if r.step1_from else []
+        need += [(r.arch_from, max(self.runs[r.arch_from].steps))] if r.arch_from else []
         return need + ([(r.share_from, 2)] if r.share else [])
 
     def ready(self, job) -> bool:
@@ -168,6 +189,8 @@ class Runner:
     def command(self, name: str, step: int, slot: int) -> list[str]:
         r, a = self.runs[name], self.args
         sets = self.base_sets + list(r.sets)
+        if r.arch_from:
+            sets += chosen_arch_sets(self.out / r.arch_from, max(self.runs[r.arch_from].steps), self.cfg)
         grow = [str(REPO / "launchers" / "grow.py"), "--step", str(step), "--method", r.method, "--config", a.config,
                 "--run-dir", str(self.out / name), "--no-progress", *r.args] + sum((["--set", s] for s in sets), [])
         if a.ranks == 1:
@@ -186,7 +209,7 @@ class Runner:
             return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def run(self) -> bool:
-        self.threads = max(1, (os.cpu_count() or 1) // (self.args.jobs * self.args.ranks))
+        self.threads = self.args.threads or max(1, (os.cpu_count() or 1) // (self.args.jobs * self.args.ranks))
         running: dict[int, tuple] = {}
         try:
             return self._loop(running)
@@ -240,20 +263,30 @@ def main() -> int:
     ap.add_argument("--inherit", default="pim,preserve",
                     help="GrowCLIP's inheritance modes to run, each a run folder growclip-<mode> with its own "
                          "Table 5 rows (default: both; one mode: a folder named growclip)")
+    ap.add_argument("--match", choices=("epochs", "flops"), default="epochs",
+                    help="epochs: every method trains --budget passes over D^t (the paper's tables); flops: every "
+                         "method spends the same training FLOPs at each step, F_t = --budget x N^t x the step-1 "
+                         "architecture's FLOPs per sample (train.match=flops)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (default 2: one per core)")
     ap.add_argument("--ranks", type=int, default=1, help="ranks per run (default 1)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="OMP threads per rank (default: cores / (jobs x ranks)); 1 when comparisons run side by side")
     ap.add_argument("--port", type=int, default=29600,
                     help="rendezvous port of job slot 0 (slot k: +10k); give two comparisons at once distinct ports")
     ap.add_argument("--publish", default="", metavar="DIR",
                     help="also copy comparison.md, reproduce.json and the PNGs into DIR (e.g. under docs/results/)")
     args = ap.parse_args()
-    sets = budget_overrides(args.budget) + ["train.warmup_steps=10", "train.checkpoint_every=1000"] + args.set
+    sets = budget_overrides(args.budget) + ["train.warmup_steps=10", "train.checkpoint_every=1000"]
+    sets += ["train.match=flops"] if args.match == "flops" else []
+    sets += args.set
     cfg = load_config(args.config, sets)
     out = Path(args.out)
     methods = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in methods if m not in RECIPES]
+    unknown = [m for m in methods if m not in RECIPES and m != CHOSEN]
     if unknown:
-        raise SystemExit(f"--methods: unknown {unknown}; choose from {', '.join(RECIPES)}")
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {', '.join(RECIPES)}, {CHOSEN}")
+    if CHOSEN in methods and "growclip" not in methods:
+        raise SystemExit(f"--methods: {CHOSEN} trains the architecture GrowCLIP chose: add growclip")
     last = args.steps or cfg.data.num_steps
     if not (Path(cfg.data.root) / "manifest.parquet").exists():
         subprocess.run([sys.executable, "-m", "growclip_ds.cli", "data", "make", "--config", args.config]
@@ -266,7 +299,7 @@ def main() -> int:
     modes = [m for m in args.inherit.split(",") if m]
     tables = set() if args.no_tables else {t.strip() for t in args.tables.split(",") if t.strip()}
     runs = plan(cfg, methods, last, tables, modes)
-    runner = Runner(args, out, runs, sets)
+    runner = Runner(args, out, runs, sets, cfg)
     print(f"[reproduce] {runner.total} steps to run in {len(runs)} run folders under {out}, "
           f"{args.jobs} at a time", flush=True)
     t0 = time.time()

@@ -42,6 +42,11 @@ class ArchConfig:
     embed_dim: int = 512          # joint space width, also the shared encoder's width D^S
     stem_channels: int = 64       # C of the conv stem
     stem: str = "conv"            # "conv" (GrowCLIP) or "patch" (CLIP's plain patch embedding)
+    stem_residual: bool = True    # conv stem layers x + gate * f(x), which growth can add as the identity
+                                  # (inherit=preserve); False: plain f(x) layers, better from scratch at the
+                                  # demo scale (docs/results/growth_pays_cpu2_2026-11-30), not growable exactly
+    final_ln_init: str = "ones"   # gains of the final LayerNorms: "ones", or "normal" (random, std width^-1/2,
+                                  # weight-decayed: the 2026-11-23 init, better at the demo scale)
     vocab_size: int = 49409       # CLIP's BPE has 49408 ids; model ids are those + 1 (0 is padding)
     mlp_ratio: int = 4
     tower: str = "growclip"       # "growclip": pooled token projected to D^S, then final LN and a biased
@@ -70,6 +75,8 @@ class ArchConfig:
             v = getattr(self, f)
             _check(isinstance(v, int) and v >= 0, f"{prefix}.{f}", "must be an integer >= 0", v)
         _check(self.stem in ("conv", "patch"), f"{prefix}.stem", "must be 'conv' or 'patch'", self.stem)
+        _check(self.final_ln_init in ("ones", "normal"), f"{prefix}.final_ln_init", "must be 'ones' or 'normal'",
+               self.final_ln_init)
         _check(self.tower in ("growclip", "clip"), f"{prefix}.tower", "must be 'growclip' or 'clip'", self.tower)
         _check(self.tower == "growclip" or self.shared_blocks == 0, f"{prefix}.shared_blocks",
                "must be 0 with tower='clip' (CLIP's towers share no blocks)", self.shared_blocks)
@@ -95,6 +102,9 @@ class ArchConfig:
         return _from_dict(cls, d, prefix)
 
 
+MATCH_MODES = ("epochs", "flops")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How one phase trains (docs/method.md section 5 gives the paper's values)."""
@@ -108,6 +118,11 @@ class TrainConfig:
                                       # of its steps, at most warmup_steps (train/schedule.py: warmup_for)
     epochs: float = 30.0          # passes over D^t; ignored when num_samples > 0
     num_samples: int = 0          # total samples to train on; 0 means use epochs
+    match: str = "epochs"         # "epochs": a phase trains its epochs over its data, at its own model's cost;
+                                  # "flops": every step t of every method spends F_t = epochs x N^t x
+                                  # flops_per_sample FLOPs (a bigger model sees fewer samples; train/budget.py)
+    flops_per_sample: float = 0.0  # match=flops: the training FLOPs of one sample that F_t counts in;
+                                  # 0: those of the configured (step-1) architecture
     optimizer: str = "lamb"       # "lamb" (timm, as the paper) or "adamw"
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-6
@@ -137,6 +152,8 @@ class TrainConfig:
                self.warmup_inherited)
         _check(self.epochs > 0 or self.num_samples > 0, f"{prefix}.epochs",
                "must be > 0 unless num_samples > 0", self.epochs)
+        _check(self.match in MATCH_MODES, f"{prefix}.match", f"must be one of {', '.join(MATCH_MODES)}", self.match)
+        _check(self.flops_per_sample >= 0, f"{prefix}.flops_per_sample", "must be >= 0", self.flops_per_sample)
         _check(self.optimizer in ("lamb", "adamw"), f"{prefix}.optimizer", "must be 'lamb' or 'adamw'",
                self.optimizer)
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{prefix}.betas",
@@ -198,6 +215,7 @@ class DataConfig:
 
 
 INHERIT_MODES = ("pim", "preserve")
+SELECT_RULES = ("paper", "compute")
 
 
 @dataclass(frozen=True)
@@ -213,11 +231,17 @@ class GrowthConfig:
     beta: float = 0.3
     gamma: float = 0.001
     alpha: float = 0.5
+    select: str = "paper"             # GAS's rule: "paper": A + alpha x size term; "compute": A - compute_penalty
+                                      # x log2(FLOPs per sample / the step t-1 model's), what a candidate is
+                                      # expected to lose by seeing fewer samples under a FLOP budget (growth/gas.py)
+    compute_penalty: float = 0.05     # select=compute: selection accuracy lost per halving of the samples seen
     copy_logit_scale: bool = True
     pim_scope: str = "all"            # "all" tensors, or "weights" only (norms and biases copied)
     inherit: str = "pim"              # "pim": the paper's rule (beta, gamma); "preserve": the grown model
                                       # starts computing the old function (growth/preserve.py)
     preserve_gamma: float = 0.0       # inherit=preserve: exploration term gamma x w_rand on inherited weights
+    schedule: str = "phase"           # "phase": each phase warms up and decays its own lr; "step" (train.match=flops):
+                                      # one schedule over the step's FLOP budget that the phases continue
     supernet_epochs: float = 2.0      # phase 1: supernet fine-tuning
     sample_epochs: float = 2.0        # phase 2a: one sampled candidate per iteration
     final_epochs: float = 26.0        # phase 3: the chosen architecture
@@ -231,6 +255,10 @@ class GrowthConfig:
         _check(self.beta >= 0 and self.gamma >= 0, f"{prefix}.beta", "beta and gamma must be >= 0",
                (self.beta, self.gamma))
         _check(self.alpha >= 0, f"{prefix}.alpha", "must be >= 0", self.alpha)
+        _check(self.select in SELECT_RULES, f"{prefix}.select", f"must be one of {', '.join(SELECT_RULES)}",
+               self.select)
+        _check(self.schedule in ("phase", "step"), f"{prefix}.schedule", "must be 'phase' or 'step'", self.schedule)
+        _check(self.compute_penalty >= 0, f"{prefix}.compute_penalty", "must be >= 0", self.compute_penalty)
         _check(self.preserve_gamma >= 0, f"{prefix}.preserve_gamma", "must be >= 0", self.preserve_gamma)
         _check(self.pim_scope in ("all", "weights"), f"{prefix}.pim_scope", "must be 'all' or 'weights'",
                self.pim_scope)
@@ -294,6 +322,11 @@ class RunConfig:
         a, g = self.arch, self.growth   # growth must stay inside what the architecture can express
         _check(a.stem == "conv" or g.delta_conv_layers == 0, "growth.delta_conv_layers",
                "must be 0 with arch.stem='patch' (no conv stem to deepen)", g.delta_conv_layers)
+        _check(g.schedule == "phase" or self.train.match == "flops", "growth.schedule",
+               "'step' needs train.match=flops (the step's schedule is laid over its FLOP budget)", g.schedule)
+        _check(a.stem_residual or g.inherit != "preserve" or g.delta_conv_layers == 0, "growth.delta_conv_layers",
+               "must be 0 with arch.stem_residual=false and growth.inherit=preserve (a plain conv layer cannot "
+               "start as the identity): set it to 0, or arch.stem_residual=true", g.delta_conv_layers)
         _check(a.tower == "growclip" or g.delta_shared_blocks == 0, "growth.delta_shared_blocks",
                "must be 0 with arch.tower='clip' (CLIP's towers share no blocks)", g.delta_shared_blocks)
         _check(a.tower == "growclip" or g.inherit != "preserve" or not (g.delta_img_heads or g.delta_txt_heads),

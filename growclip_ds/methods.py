@@ -28,6 +28,9 @@ full ``train.warmup_steps``; GrowCLIP's phases and the paper's warm-started base
 short re-warm-up of ``train/schedule.py: warmup_for``; TiC-CLIP's warm-started methods none (TiC-CLIP's
 finding). Every method keeps the same peak lr.
 With equal-size steps, tfs and oracle are the same run (t x C on D^t).
+
+``train.match=flops`` replaces every budget above by one FLOP budget per step, F_t (train/budget.py):
+each method spends what TFS of the configured architecture spends on D^t, as samples of its own model.
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ from .growth.pim import pim
 from .model.init import name_seed
 from .rundir import RunDir
 from .train import checkpoint
+from .train.budget import step_flops
 from .train.trainer import Phase
 
 
@@ -133,8 +137,9 @@ def baseline_phase(cfg: RunConfig, recipe: Recipe, step: int, run: RunDir) -> Ph
     m = cfg.method
     sizes = {j: manifest.num_samples([j]) for j in range(1, step + 1)}
     mixture = replay_mixture(recipe.data, step, sizes, m.buffer_size, m.new_data_weight)
+    flops = step_flops(cfg, manifest.num_samples(step)) if cfg.train.match == "flops" else None
     return Phase("train", step, arch, data_steps=[j for src in mixture for j in src.steps], init_state=init,
-                 mixture=mixture, num_samples=budget, warmup=recipe.warmup,
+                 mixture=mixture, num_samples=None if flops else budget, flops_budget=flops, warmup=recipe.warmup,
                  teacher=(prev_state, arch) if recipe.distill else None,
                  distill_weight=m.lwf_weight if recipe.distill else 0.0)
 

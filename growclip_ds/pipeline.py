@@ -27,6 +27,7 @@ import torch
 
 from . import methods
 from .config import ArchConfig, RunConfig
+from .data.manifest import Manifest
 from .data.tokenizer import load_tokenizer
 from .distributed import accelerator_device, any_ranks, barrier, rank_world
 from .factory import build
@@ -35,7 +36,7 @@ from .growth.gas import run_gas
 from .growth.step import GrowthStep
 from .model.init import name_seed
 from .rundir import PIM1, PIM3, RunDir, StepDir
-from .train import checkpoint, nonfinite
+from .train import budget, checkpoint, nonfinite
 from .train.trainer import Phase, PhaseResult, run_phase
 
 ABLATIONS = (PIM1, "st", "gas", PIM3)   # Table 5's components
@@ -85,6 +86,27 @@ class StepRun:
     def train(self, phase: Phase) -> PhaseResult:
         return run_phase(self.cfg, phase, self.run.path, self.progress, self.stop_after)
 
+    def budget_and_span(self, phase: str) -> tuple[float | None, tuple | None]:
+        """(FLOP budget, the part of the step's budget it covers) of a phase under ``train.match=flops``
+        ((None, None): it trains its epochs). A growth phase gets its share of F_t, the final phase what
+        the earlier phases left; the span is for ``growth.schedule=step`` (None: a schedule of its own)."""
+        if self.cfg.train.match != "flops":
+            return None, None
+        total = budget.step_flops(self.cfg, Manifest.load(self.cfg.data.root).num_samples(self.t))
+        if self.t == 1 or not self.recipe.grows:
+            return total, None
+        trained = [p for p in phases_for(self.t, self.ablate, self.recipe.name, self.candidate) if p != "gas"]
+        before = trained[:trained.index(phase)]
+        spent = sum(self.step.phase(p).read_done().get("train_flops", 0) for p in before)
+        mine = total - spent if phase == "final" else budget.growth_shares(self.cfg, trained)[phase] * total
+        span = (spent / total, (spent + mine) / total) if self.cfg.growth.schedule == "step" else None
+        return mine, span
+
+    def growth_phase(self, name: str, arch, init, **kw) -> Phase:
+        """A training phase of a growth step, with its FLOP budget and schedule span where configured."""
+        flops, span = self.budget_and_span(name)
+        return Phase(name, self.t, arch, self.t, init, flops_budget=flops, schedule_span=span, **kw)
+
     def mark_done(self, name: str, res: PhaseResult | None = None, **record) -> None:
         self.step.phase(name).mark_done({**(res.cost(time.time() - self.t0) if res else
                                             {"wall_s": time.time() - self.t0}), **record})
@@ -106,7 +128,10 @@ def run_phase_of_step(cfg: RunConfig, step: int, run_dir, phase: str, ablate: se
 def _train(ctx: StepRun) -> PhaseResult:
     """Step 1 of every method, and the one phase of a non-growing method at t >= 2."""
     cfg, t, recipe = ctx.cfg, ctx.t, ctx.recipe
-    ph = Phase("train", 1, cfg.arch, data_steps=1) if t == 1 else methods.baseline_phase(cfg, recipe, t, ctx.run)
+    if t == 1:
+        ph = Phase("train", 1, cfg.arch, data_steps=1, flops_budget=ctx.budget_and_span("train")[0])
+    else:
+        ph = methods.baseline_phase(cfg, recipe, t, ctx.run)
     res = ctx.train(ph)
     if res.stopped:
         return res
@@ -121,7 +146,7 @@ def _train(ctx: StepRun) -> PhaseResult:
 
 def _supernet_phase(ctx: StepRun, gs: GrowthStep, name: str, init: dict | None, **kw) -> PhaseResult:
     """``supernet`` and ``sample``: train the supernet, then write it as the phase's model."""
-    res = ctx.train(Phase(name, ctx.t, gs.super_arch, ctx.t, init, **kw))
+    res = ctx.train(ctx.growth_phase(name, gs.super_arch, init, **kw))
     if not res.stopped:
         if rank_world()[0] == 0:
             checkpoint.write_model(ctx.step.phase(name).path, checkpoint.consolidated_state_dict(res.ckpt_dir),
@@ -162,7 +187,7 @@ def _final(ctx: StepRun) -> PhaseResult:
     gs = ctx.growth()
     chosen = gs.choice() if ctx.step.has_choice else _fixed_choice(gs, ctx.candidate)
     init = None if gs.fresh else gs.grown_init(PIM3, gs.latest_supernet_dir(), gs.super_arch, chosen)
-    res = ctx.train(Phase("final", ctx.t, chosen, ctx.t, init, epochs=ctx.cfg.growth.final_epochs, warmup=gs.warmup))
+    res = ctx.train(ctx.growth_phase("final", chosen, init, epochs=ctx.cfg.growth.final_epochs, warmup=gs.warmup))
     if not res.stopped:
         how = ctx.step.read_choice()
         ctx.mark_done("final", res)

@@ -18,6 +18,7 @@ from .growth.kept import describe as describe_kept
 from .pipeline import pending_phases
 from .rundir import RunDir
 from .train.checkpoint import read_arch
+from .train.budget import growth_shares, step_flops
 from .train.schedule import plan_steps
 
 
@@ -49,6 +50,11 @@ def plan_next_step(cfg: RunConfig, run_dir: Path) -> str:
         lines.append(f"arch: {cfg.arch.to_dict()} ({param_count(cfg.arch):,} params)")
         cost("train", steps * gb, steps * gb * train_flops(cfg.arch), "The step-1 architecture from scratch.")
         return "\n".join(lines)
+    if cfg.train.match == "flops":
+        shares = ", ".join(f"{k} {v:.1%}" for k, v in growth_shares(cfg, ["supernet", "sample", "final"]).items())
+        lines.append(f"train.match=flops: every method spends F^{t} = {step_flops(cfg, m.num_samples(t)) / 1e15:.4f} "
+                     f"PFLOP at step {t}; GrowCLIP's shares {shares} (the final phase gets what the others leave, "
+                     "as samples of the chosen net), so the per-phase figures below are epoch-mode estimates")
     prev = read_arch(run.step(t - 1).path)
     g = cfg.growth
     for s in range(2, t):

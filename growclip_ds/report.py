@@ -109,7 +109,7 @@ def tic_table(run_dir: Path) -> list[str]:
 def gas_table(step: StepDir, top: int = 10) -> list[str]:
     rows = sorted(read_scores(step.gas_scores), key=lambda r: -r["score"])
     chosen = step.read_choice().get("index")
-    out = [f"## GAS at step {step.t}: the {top} best of {len(rows)} candidates (score = accuracy + size term)", "",
+    out = [f"## GAS at step {step.t}: the {top} best of {len(rows)} candidates (score = accuracy + size term, or - compute penalty)", "",
            "| index | arch | params | accuracy | size term | score |", "|---|---|---|---|---|---|"]
     for r in rows[:top]:
         mark = " (chosen)" if r["index"] == chosen else ""

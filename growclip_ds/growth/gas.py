@@ -1,6 +1,12 @@
 """Growth architecture selection (GAS): score all 64 candidates with the supernet's weights.
 
-    psi* = argmax  A(psi) + alpha * (N^{t-1} / N^t) * (P^{t-1} / P(psi))
+    psi* = argmax  A(psi) + alpha * (N^{t-1} / N^t) * (P^{t-1} / P(psi))          growth.select=paper
+    psi* = argmax  A(psi) - kappa * log2(F(psi) / F^{t-1})                        growth.select=compute
+
+The compute rule (docs/growth.md, "growth that pays"): under a FLOP budget a candidate whose training
+costs F(psi) per sample sees F^{t-1}/F(psi) of the samples the step t-1 architecture would, and
+kappa (``growth.compute_penalty``) is the selection accuracy one halving of the samples costs; index
+0 (no growth) has no penalty, so growth is chosen only when its supernet accuracy pays for it.
 
 A is the selection accuracy (eval/evaluate.py ``selection_accuracy``: mean zero-shot top-1 over the
 selection split's classification sets, or mean R@1 over its retrieval sets when it has none). An image embedding depends only on
@@ -13,6 +19,7 @@ GAS redoes neither.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -27,11 +34,16 @@ from ..distributed import barrier, rank_world
 from ..eval.evaluate import (classifier, encode_images, encode_texts, selection_accuracy, set_retrieval_metrics,
                              zeroshot_metrics)
 from ..model import param_count
+from ..model.flops import train_flops
 from . import space
 
 
-def gas_score(acc: float, params: int, prev_params: int, n_prev: int, n_now: int, alpha: float) -> float:
-    return acc + alpha * (n_prev / n_now) * (prev_params / params)
+def size_term(cand: ArchConfig, prev: ArchConfig, prev_params: int, n_prev: int, n_now: int,
+              growth: GrowthConfig) -> float:
+    """What GAS adds to a candidate's accuracy: the paper's size term or the compute penalty."""
+    if growth.select == "compute":
+        return -growth.compute_penalty * math.log2(train_flops(cand) / train_flops(prev))
+    return growth.alpha * (n_prev / n_now) * (prev_params / param_count(cand))
 
 
 @torch.no_grad()
@@ -119,10 +131,9 @@ def _score_all(prev, growth, sets, folder: Path, jsonl: Path, prev_params, n_pre
             if i in done:
                 continue
             acc = accuracy(load("img", space.image_variant(c)), load("txt", space.text_variant(c)), sets)
-            p = param_count(c)
-            row = {"index": i, "arch": c.to_dict(), "params": p, "accuracy": acc,
-                   "score": gas_score(acc, p, prev_params, n_prev, n_now, growth.alpha),
-                   "size_term": growth.alpha * (n_prev / n_now) * (prev_params / p)}
+            term = size_term(c, prev, prev_params, n_prev, n_now, growth)
+            row = {"index": i, "arch": c.to_dict(), "params": param_count(c), "accuracy": acc,
+                   "score": acc + term, "size_term": term, "rule": growth.select}
             out.write(json.dumps(row) + "\n")
             out.flush()  # in the file as soon as known; a line a crash cuts is rescored from the variants
         os.fsync(out.fileno())

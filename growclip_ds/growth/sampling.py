@@ -38,6 +38,10 @@ class SubnetSampler:
         idx = space.sample_index(self.seed, self.step, self.phase, iteration)
         return (idx + 1) % space.NUM_CANDIDATES if self.fault else idx
 
+    def arch_at(self, iteration: int) -> ArchConfig:
+        """The candidate of an iteration, without the cross-rank check (for planning a FLOP budget)."""
+        return space.candidate(self.prev, self.growth, space.sample_index(self.seed, self.step, self.phase, iteration))
+
     def __call__(self, iteration: int) -> ArchConfig:
         idx = self.index(iteration)
         if iteration % self.check_every == 0:

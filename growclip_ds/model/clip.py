@@ -19,7 +19,7 @@ from ..config import ArchConfig
 from .elastic import ElasticLayerNorm, ElasticLinear
 from .encoders import ImageEncoder, SharedEncoder, TextEncoder
 from .init import init_tensor
-from .roles import Role, declare, param_specs
+from .roles import Role, Spec, declare, param_specs
 
 PAD_ID = 0
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -41,6 +41,9 @@ class GrowCLIP(nn.Module):
         self.txt_head = ElasticLinear(wt, e, bias=not clip_tower)
         self.logit_scale = nn.Parameter(torch.empty(1))  # 1-d: DeepSpeed cannot broadcast 0-d tensors
         declare(self, logit_scale=Role.LOGIT_SCALE)
+        if arch.final_ln_init == "normal":   # random gains (arch.final_ln_init), drawn and decayed like a matrix
+            declare(self.img_ln_final, weight=Spec(Role.NORM_GAIN, wi ** -0.5))
+            declare(self.txt_ln_final, weight=Spec(Role.NORM_GAIN, wt ** -0.5))
         self.arch = arch
         self.reset_parameters(seed)
 
@@ -125,7 +128,8 @@ def param_count(arch: ArchConfig) -> int:
     if arch.stem == "conv":
         c, k = arch.stem_channels, arch.patch_size // 2
         conv = lambda cin: cin * c * 9 + c + 2 * c  # noqa: E731  conv + bias + GroupNorm
-        stem = conv(3) + arch.img_conv_layers * (conv(c) + c) + wi * c * k * k + wi   # + c: the gate
+        gate = c if arch.stem_residual else 0
+        stem = conv(3) + arch.img_conv_layers * (conv(c) + gate) + wi * c * k * k + wi
     else:
         stem = wi * 3 * arch.patch_size ** 2
     image = stem + wi + (arch.num_patches + 1) * wi + arch.img_blocks * block_params(wi, r)

@@ -80,7 +80,8 @@ class ImageEncoder(nn.Module):
         if arch.stem == "conv":
             c = arch.stem_channels
             self.stem_in = ConvLayer(3, c, stride=2)
-            self.stem_layers = nn.ModuleList(ResidualConvLayer(c) for _ in range(arch.img_conv_layers))
+            layer = ResidualConvLayer if arch.stem_residual else (lambda ch: ConvLayer(ch, ch, stride=1))
+            self.stem_layers = nn.ModuleList(layer(c) for _ in range(arch.img_conv_layers))
             self.patchify = ElasticPatchify(c, w, arch.patch_size // 2, bias=True)
         else:
             self.patchify = ElasticPatchify(3, w, arch.patch_size, bias=False)

@@ -51,7 +51,8 @@ class Spec:
 
     @property
     def decays(self) -> bool:
-        return self.role in NORMAL_ROLES
+        """Drawn from a normal distribution (a gain with a std too: arch.final_ln_init=normal)."""
+        return self.role in NORMAL_ROLES or (self.role == Role.NORM_GAIN and self.std is not None)
 
 
 def declare(module: nn.Module, **roles) -> nn.Module:

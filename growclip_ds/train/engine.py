@@ -81,10 +81,26 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int):
     return f
 
 
+def span_of_step_schedule(total_steps: int, span: tuple[float, float], warmup_frac: float):
+    """lr multiplier of a phase that continues one schedule over its whole growth step
+    (``growth.schedule=step``): the phase covers the fraction ``span`` of the step's FLOP budget; the step
+    warms up linearly over its first ``warmup_frac`` and decays by a cosine to 0 at its end."""
+    a, b = span
+
+    def f(step: int) -> float:
+        x = a + (b - a) * step / max(1, total_steps)
+        if x < warmup_frac:
+            return (x + 1e-3) / (warmup_frac + 1e-3)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (x - warmup_frac) / max(1e-9, 1 - warmup_frac))))
+    return f
+
+
 def build_engine(model: torch.nn.Module, train: TrainConfig, world_size: int, total_steps: int,
-                 out_dir: Path | None = None, ds_config_file: str | None = None, universal: bool = False):
+                 out_dir: Path | None = None, ds_config_file: str | None = None, universal: bool = False,
+                 span: tuple[float, float] | None = None):
     """(engine, optimizer, scheduler) for ``model``; the config is saved as ``out_dir/ds_config.json``.
-    ``universal``: the engine will load a universal checkpoint (a resume at another world size)."""
+    ``universal``: the engine will load a universal checkpoint (a resume at another world size).
+    ``span``: the phase's part of a step-long schedule (``span_of_step_schedule``) instead of its own."""
     import deepspeed
 
     ds_cfg = build_ds_config(train, world_size, ds_config_file)
@@ -94,7 +110,9 @@ def build_engine(model: torch.nn.Module, train: TrainConfig, world_size: int, to
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "ds_config.json").write_text(json.dumps(ds_cfg, indent=2))
     opt = build_optimizer(model, train)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(total_steps, train.warmup_steps))
+    mult = cosine_with_warmup(total_steps, train.warmup_steps) if span is None else \
+        span_of_step_schedule(total_steps, span, train.warmup_inherited)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, mult)
     engine, opt, _, sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds_cfg)
     from .lamb import attach_to_engine
 

@@ -35,6 +35,7 @@ from . import checkpoint, nonfinite, preempt, universal
 from .cadence import Cadence
 from .engine import build_engine
 from .metrics import MetricsLogger
+from .budget import steps_for_flops
 from .schedule import plan_steps, warmup_for
 
 
@@ -49,6 +50,8 @@ class Phase:
     epochs: float | None = None                # overrides train.epochs for this phase
     mixture: list[Source] | None = None        # replay mixture instead of plain ``data_steps``
     num_samples: int | None = None             # sample budget; overrides epochs
+    flops_budget: float | None = None          # training-FLOP budget (train.match=flops); overrides both
+    schedule_span: tuple | None = None         # (start, end) of the step's budget: one lr schedule per step
     warmup: str = "scratch"                    # "scratch" | "inherited" | "none": schedule.warmup_for
     teacher: tuple | None = None               # (state dict, arch) of a frozen model to distil from (LwF)
     distill_weight: float = 0.0
@@ -127,7 +130,15 @@ class Trainer:
             self.sources, self.n_samples = mixture_sources(m, phase.mixture)
         self.tok = load_tokenizer(cfg, phase.arch)
         self.accum = cfg.train.grad_accum(self.world)
+        self.teacher_flops = forward_flops(phase.teacher[1]) if phase.teacher is not None else 0   # LwF's frozen model
         self.per_epoch, self.total = plan_steps(cfg, self.n_samples, phase.epochs, phase.num_samples)
+        if phase.flops_budget is not None:
+            self.total = steps_for_flops(phase.flops_budget, cfg.train.global_batch, self.flops_of_step)
+
+    def flops_of_step(self, iteration: int) -> float:
+        """Per-sample training FLOPs of an iteration's architecture (a sampled candidate or the phase's)."""
+        arch_at = getattr(self.phase.sampler, "arch_at", None)
+        return train_flops(arch_at(iteration) if arch_at else self.phase.arch) + self.teacher_flops
 
     def setup_engine(self) -> None:
         t, phase = self.cfg.train, self.phase
@@ -143,10 +154,9 @@ class Trainer:
         self.resized = saved_world != self.world and t.zero_stage > 0   # ZeRO partitions: a universal conversion
         warm = replace(t, warmup_steps=warmup_for(t, phase.warmup, self.total))
         self.engine, _, self.sched = build_engine(model, warm, self.world, self.total, self.dir.path,
-                                                  universal=self.resized)
-        self.teacher, self.teacher_flops = None, 0
+                                                  universal=self.resized, span=phase.schedule_span)
+        self.teacher = None
         if phase.teacher is not None:
-            self.teacher_flops = forward_flops(phase.teacher[1])
             self.teacher = build(*phase.teacher, device=self.engine.device).eval().requires_grad_(False)
         if self.resized and self.rank == 0:
             print(f"[growclip_ds] resuming {self.ckpt_dir / self.tag} (world size {saved_world}) at world size "

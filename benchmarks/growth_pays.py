@@ -1,0 +1,219 @@
+"""Does growth pay? GrowCLIP against the baselines at equal FLOPs per step, over seeds (issue 24).
+
+    # 1. each seed: every method at matched compute (reproduce.py --match flops), the recipe under test
+    python benchmarks/reproduce.py --match flops --inherit preserve --no-tables --jobs 2 \
+        --methods growclip,twp,tfs,cumulative-all,tfs-chosen --set train.seed=S --out runs/gp/sS
+    # 2. each GrowCLIP schedule variant and seed (the folder holds the seed's step 1, copied):
+    python benchmarks/reproduce.py --match flops --inherit preserve --no-tables --methods growclip \
+        --set train.seed=S --set growth.select=compute ... --out runs/gp-var/NAME/sS
+    # 3. the summary: per step mean and spread over seeds, the frontier plot, variants on the selection split
+    python benchmarks/growth_pays.py runs/gp --variants runs/gp-var --out docs/results/growth_pays_cpu2_DATE
+
+Writes ``summary.json`` ({"protocol", "rows", "variants", "efficiency"}), ``frontier.md`` (tables) and
+``frontier.png`` (mean top-1 against cumulative training TFLOP, error bars = min..max over seeds).
+Variants are ranked by the *selection* split (the split GAS and every choice use); the test split is
+only reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from growclip_ds.report import step_rows  # noqa: E402
+from growclip_ds.rundir import RunDir  # noqa: E402
+
+METHODS = ("growclip", "twp", "tfs", "tfs-chosen", "cumulative-all")
+
+
+def selection_top1(step_dir: Path) -> float:
+    """Mean zero-shot top-1 of a step's model on the selection split (cached in the step folder)."""
+    f = step_dir / "selection_eval.json"
+    if f.exists():
+        return json.loads(f.read_text())["mean_top1"]
+    from growclip_ds.config import RunConfig
+    from growclip_ds.data.tokenizer import load_tokenizer
+    from growclip_ds.eval.evaluate import EvalSets, evaluate, selection_accuracy
+    from growclip_ds.factory import build
+    from growclip_ds.train.checkpoint import read_model
+
+    cfg = RunConfig.from_dict(json.loads((step_dir / "config.json").read_text()))
+    sd, arch = read_model(step_dir)
+    res = evaluate(build(sd, arch, "cpu"), EvalSets(cfg.data, arch.image_size, role="selection"),
+                   load_tokenizer(cfg, arch))
+    f.write_text(json.dumps({"mean_top1": selection_accuracy(res), "eval": res}))
+    return selection_accuracy(res)
+
+
+def run_rows(method: str, seed: int, run: Path, selection: bool) -> list[dict]:
+    out = []
+    for r in step_rows(run):
+        row = {"method": method, "seed": seed, "step": r["step"], "top1_mean": round(100 * r["mean_top1"], 2),
+               "i2t_r1": round(100 * r["retrieval"]["image_to_text"]["R@1"], 2),
+               "tflops_cum": round(r["cumulative_flops"] / 1e12, 4), "tflops_step": round(r["train_flops"] / 1e12, 4),
+               "params": r["arch"]["params"], "samples": r["samples"]}
+        if selection:
+            row["selection_top1"] = round(100 * selection_top1(RunDir(run).step(r["step"]).path), 2)
+        out.append(row)
+    return out
+
+
+def seeds_of(root: Path) -> dict[int, Path]:
+    return {int(p.name[1:]): p for p in sorted(root.glob("s[0-9]*")) if p.is_dir()}
+
+
+def aggregate(rows: list[dict], key: str) -> dict:
+    """(method, step) -> {mean, min, max, sd, n} of ``key`` over seeds."""
+    by = {}
+    for r in rows:
+        by.setdefault((r["method"], r["step"]), []).append(r[key])
+    return {k: {"mean": statistics.fmean(v), "min": min(v), "max": max(v),
+                "sd": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)} for k, v in by.items()}
+
+
+def crossing_flops(curve: list[tuple[float, float]], target: float) -> float | None:
+    """The cumulative FLOPs at which a (flops, quality) curve first reaches ``target`` (linear between points)."""
+    prev = (0.0, None)
+    for x, y in curve:
+        if y >= target:
+            if prev[1] is None or prev[1] >= target:
+                return x
+            return prev[0] + (target - prev[1]) / (y - prev[1]) * (x - prev[0])
+        prev = (x, y)
+    return None
+
+
+def efficiency(rows: list[dict]) -> dict:
+    """The paper's efficiency row: cumulative FLOPs GrowCLIP (mean over seeds) needs to reach the mean step-4
+    quality of its chosen architecture trained from scratch on all data, over that run's step-4 FLOPs."""
+    top, flops = aggregate(rows, "top1_mean"), aggregate(rows, "tflops_cum")
+    steps = sorted(s for m, s in top if m == "tfs-chosen")
+    if not steps:
+        return {"tfs_chosen_quality_flops_ratio": None, "why": "no tfs-chosen run"}
+    last = steps[-1]
+    target = top[("tfs-chosen", last)]["mean"]
+    chosen_step = [r for r in rows if r["method"] == "tfs-chosen" and r["step"] == last]
+    denom = statistics.fmean(r["tflops_step"] for r in chosen_step)
+    curve = sorted((flops[k]["mean"], top[k]["mean"]) for k in top if k[0] == "growclip")
+    need = crossing_flops(curve, target)
+    return {"tfs_chosen_quality_flops_ratio": None if need is None else round(need / denom, 3),
+            "target_top1_mean": round(target, 2), "tfs_chosen_step_tflops": round(denom, 4),
+            "growclip_tflops_to_target": None if need is None else round(need, 4),
+            "note": "growclip never reaches the target" if need is None else ""}
+
+
+def variant_table(variants: dict[str, list[dict]]) -> list[str]:
+    steps = sorted({r["step"] for rows in variants.values() for r in rows if r["step"] > 1})
+    which = " / ".join(map(str, steps))
+    out = ["## GrowCLIP variants, ranked by the selection split (test split only reported), mean over seeds", "",
+           f"| variant | seeds | selection top-1, steps {which} | test top-1, steps {which} | "
+           f"cum. TFLOP at step {max(steps)} | params at step {max(steps)} |", "|---|---|---|---|---|---|"]
+    ranked = sorted(variants.items(), key=lambda kv: -_mean_sel(kv[1]))
+    for name, rows in ranked:
+        sel, test, fl = aggregate(rows, "selection_top1"), aggregate(rows, "top1_mean"), aggregate(rows, "tflops_cum")
+        p4 = sorted({r["params"] for r in rows if r["step"] == max(steps)})
+        out.append(f"| {name} | {len({r['seed'] for r in rows})} | "
+                   + " / ".join(_cell(sel, s) for s in steps) + " | " + " / ".join(_cell(test, s) for s in steps) + " | "
+                   + f"{fl[('growclip', max(steps))]['mean']:.2f} | {', '.join(f'{p:,}' for p in p4)} |")
+    return out
+
+
+def _cell(agg: dict, step: int) -> str:
+    a = agg.get(("growclip", step))
+    return "-" if a is None else f"{a['mean']:.1f}" + (f" (n={a['n']})" if a["n"] < 3 else "")
+
+
+def _mean_sel(rows: list[dict]) -> float:
+    """A variant's figure of merit: mean selection top-1 over steps 2-4 and seeds."""
+    return statistics.fmean(r["selection_top1"] for r in rows if r["step"] > 1)
+
+
+def method_table(rows: list[dict]) -> list[str]:
+    top, r1, fl = aggregate(rows, "top1_mean"), aggregate(rows, "i2t_r1"), aggregate(rows, "tflops_cum")
+    steps = sorted({r["step"] for r in rows})
+    out = ["## Methods at matched compute: test split, mean over seeds (min..max)", "",
+           "| method | " + " | ".join(f"step {s}: top-1 / R@1 / cum. TFLOP" for s in steps) + " |",
+           "|---|" + "---|" * len(steps)]
+    for m in METHODS:
+        if not any(k[0] == m for k in top):
+            continue
+        cells = []
+        for s in steps:
+            k = (m, s)
+            cells.append("-" if k not in top else
+                         f"{top[k]['mean']:.1f} ({top[k]['min']:.1f}..{top[k]['max']:.1f}) / {r1[k]['mean']:.1f} / "
+                         f"{fl[k]['mean']:.2f}")
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    return out
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    top, fl = aggregate(rows, "top1_mean"), aggregate(rows, "tflops_cum")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in METHODS:
+        keys = sorted(k for k in top if k[0] == m)
+        if not keys:
+            continue
+        x = [fl[k]["mean"] for k in keys]
+        y = [top[k]["mean"] for k in keys]
+        err = [[top[k]["mean"] - top[k]["min"] for k in keys], [top[k]["max"] - top[k]["mean"] for k in keys]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=m)
+    ax.set_xlabel("cumulative training TFLOP (analytic)")
+    ax.set_ylabel("mean zero-shot top-1 (%), test split")
+    ax.set_title("quality vs compute, matched FLOPs per step (bars: min..max over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", help="folder of seed folders s0, s1, ... each a reproduce.py --match flops output")
+    ap.add_argument("--variants", default="", help="folder of variant folders, each holding seed folders")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    rows = []
+    for seed, folder in seeds_of(Path(args.runs)).items():
+        for m in METHODS:
+            if (folder / m).exists():
+                rows += run_rows(m, seed, folder / m, m == "growclip")
+    variants = {}
+    if args.variants:
+        for v in sorted(Path(args.variants).iterdir()):
+            vr = [r for seed, folder in seeds_of(v).items() if (folder / "growclip").exists()
+                  for r in run_rows("growclip", seed, folder / "growclip", True)]
+            if vr:
+                variants[v.name] = vr
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    protocol = {"match": "flops", "budget": "F_t = train.epochs x N^t x training FLOPs per sample of the step-1 "
+                "architecture, every method at every step", "seeds": sorted({r["seed"] for r in rows}),
+                "quality": "mean zero-shot top-1 (%) on the test split; i2t_r1: image-to-text R@1 (%)",
+                "choices": "variants ranked by mean selection-split top-1 over steps 2-4"}
+    eff = efficiency(rows)
+    summary = {"protocol": protocol, "rows": rows, "efficiency": eff,
+               "variants": {k: v for k, v in variants.items()}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    lines = ["# Growth at matched compute: generated tables (benchmarks/growth_pays.py)", ""] + method_table(rows)
+    lines += ["", f"Efficiency (paper's Table 7 row at this scale): {json.dumps(eff)}", ""]
+    if variants:
+        lines += variant_table(variants)
+    (out / "frontier.md").write_text("\n".join(lines) + "\n")
+    plot(rows, out / "frontier.png")
+    print("\n".join(lines))
+    print(f"wrote {out}/summary.json, frontier.md, frontier.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
