@@ -107,7 +107,9 @@ def efficiency(rows: list[dict]) -> dict:
 
 
 def variant_table(variants: dict[str, list[dict]]) -> list[str]:
-    steps = sorted({r["step"] for rows in variants.values() for r in rows if r["step"] > 1})
+    common = set.intersection(*({r["step"] for r in rows} for rows in variants.values()))
+    variants = {k: [r for r in rows if r["step"] in common] for k, rows in variants.items()}   # compare like with like
+    steps = sorted(t for t in common if t > 1)
     which = " / ".join(map(str, steps))
     out = ["## GrowCLIP variants, ranked by the selection split (test split only reported), mean over seeds", "",
            f"| variant | seeds | selection top-1, steps {which} | test top-1, steps {which} | "
