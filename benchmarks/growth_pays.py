@@ -204,7 +204,7 @@ def main() -> int:
                 "choices": "variants ranked by mean selection-split top-1 over steps 2-4"}
     eff = efficiency(rows)
     summary = {"protocol": protocol, "rows": rows, "efficiency": eff,
-               "variants": {k: v for k, v in variants.items()}}
+               "variants": variants}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     lines = ["# Growth at matched compute: generated tables (benchmarks/growth_pays.py)", ""] + method_table(rows)
     lines += ["", f"Efficiency (paper's Table 7 row at this scale): {json.dumps(eff)}", ""]

@@ -13,16 +13,8 @@ import json
 import math
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
-from typing import Any
 
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and what to do."""
-
-
-def _check(cond: bool, name: str, msg: str, value: Any) -> None:
-    if not cond:
-        raise ConfigError(f"{name}: {msg} (got {value!r})")
+from .config_fields import ConfigError, _check, _from_dict  # noqa: F401  (ConfigError is part of this module's API)
 
 
 @dataclass(frozen=True)
@@ -349,45 +341,6 @@ class RunConfig:
                    growth=_from_dict(GrowthConfig, d.get("growth", {}), "growth"),
                    method=_from_dict(MethodConfig, d.get("method", {}), "method"),
                    name=d.get("name", "custom"))
-
-
-def _coerce(ftype: Any, value: Any, name: str) -> Any:
-    """Convert a JSON or command-line value to the field's declared type."""
-    t = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
-    try:
-        if t == "bool":
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1")
-            return bool(value)
-        if t == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if t == "float":
-            return float(value)
-        if t == "tuple[dict, ...]":
-            if isinstance(value, str):
-                value = json.loads(value)
-            if not isinstance(value, (list, tuple)):
-                raise ValueError(value)
-            return tuple(dict(v) if isinstance(v, dict) else v for v in value)
-        if t == "tuple":
-            if isinstance(value, str):
-                value = json.loads(value)
-            return tuple(float(v) for v in value)
-        return str(value)
-    except (TypeError, ValueError, json.JSONDecodeError):
-        raise ConfigError(f"{name}: expected {t} (got {value!r})") from None
-
-
-def _from_dict(cls, d: dict, prefix: str):
-    known = {f.name: f for f in fields(cls)}
-    for k in d:
-        if k not in known:
-            raise ConfigError(f"{prefix}.{k}: unknown field; known fields: {', '.join(sorted(known))}")
-    return cls(**{k: _coerce(known[k].type, v, f"{prefix}.{k}") for k, v in d.items()})
 
 
 def load_config(source: str, overrides: list[str] | None = None) -> RunConfig:
