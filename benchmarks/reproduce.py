@@ -180,8 +180,10 @@ class Runner:
     def prepare(self, name: str, step: int) -> None:
         r, d = self.runs[name], self.out / name
         if step == r.steps[0] and r.step1_from:
-            shutil.copytree(RunDir(self.out / r.step1_from).step(1).path, RunDir(d).step(1).path, dirs_exist_ok=True,
+            src = RunDir(self.out / r.step1_from)
+            shutil.copytree(src.step(1).path, RunDir(d).step(1).path, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns(*SKIP_ON_COPY))
+            shutil.copytree(src.tokenizer, RunDir(d).tokenizer, dirs_exist_ok=True)   # the vocabulary step 1 used
         for phase in r.share if step == 2 else ():
             if not RunDir(d).step(2).phase(phase).finished:
                 copy_phase(self.out / r.share_from, d, phase)

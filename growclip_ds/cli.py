@@ -7,6 +7,7 @@
     growclip-ds plan runs/demo --config demo       # what the next growth step would do, and its cost
     growclip-ds plan --config paper --cluster 2x8xH100   # memory per ZeRO stage and GPU-hours of a cluster run
     growclip-ds report runs/demo
+    growclip-ds checkpoint resign runs/demo       # re-sign checkpoints you trust with this machine's key
     growclip-ds export runs/vitb/step1 --format hf --out exported/hf   # CLIPModel / open_clip (vit-b-16 style)
 """
 from __future__ import annotations
@@ -165,6 +166,24 @@ def _slurm(args) -> int:
     return slurm.submit_or_print(cmd, args.submit)
 
 
+def _resign(args) -> int:
+    from .train.checkpoint import MANIFEST as CKPT_MANIFEST, REFUSED, CheckpointError, resign
+
+    root = Path(args.path)
+    folders = sorted({m.parent for m in root.rglob(CKPT_MANIFEST) if REFUSED not in m.relative_to(root).parts}
+                     | ({root} if (root / CKPT_MANIFEST).exists() else set()))
+    if not folders:
+        raise FileNotFoundError(f"checkpoint resign: no checkpoint manifest ({CKPT_MANIFEST}) under {root}")
+    failed = 0
+    for f in folders:
+        try:
+            print(resign(f))
+        except CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+    return 2 if failed else 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="growclip-ds", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -248,6 +267,12 @@ def main(argv=None) -> int:
     sl.add_argument("--hostfile-check", default=None, metavar="FILE", help="validate a hostfile and exit")
     sl.add_argument("--submit", action="store_true", help="run sbatch instead of printing the command")
     sl.set_defaults(fn=_slurm)
+
+    ck = sub.add_parser("checkpoint", help="checkpoint maintenance").add_subparsers(dest="what", required=True)
+    rs = ck.add_parser("resign", help="sign checkpoints you trust with this machine's key (after a lost key or a "
+                                      "move between clusters); each must still hold exactly the files it was saved with")
+    rs.add_argument("path", help="a checkpoint folder, or any folder above checkpoints (a run folder)")
+    rs.set_defaults(fn=_resign)
 
     args = p.parse_args(argv)
     try:

@@ -142,6 +142,9 @@ class TrainConfig:
         _check(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0", self.weight_decay)
         _check(0 <= self.warmup_inherited <= 1, f"{prefix}.warmup_inherited", "must be in [0, 1]",
                self.warmup_inherited)
+        _check(self.eps > 0 and math.isfinite(self.eps), f"{prefix}.eps", "must be a positive finite number", self.eps)
+        _check(math.isfinite(self.epochs) and self.epochs >= 0, f"{prefix}.epochs", "must be a finite number >= 0",
+               self.epochs)
         _check(self.epochs > 0 or self.num_samples > 0, f"{prefix}.epochs",
                "must be > 0 unless num_samples > 0", self.epochs)
         _check(self.match in MATCH_MODES, f"{prefix}.match", f"must be one of {', '.join(MATCH_MODES)}", self.match)

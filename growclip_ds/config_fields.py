@@ -3,6 +3,7 @@ turned into a section's declared types (``config.py`` holds the sections themsel
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import fields
 from typing import Any
 
@@ -31,7 +32,10 @@ def _coerce(ftype: Any, value: Any, name: str) -> Any:
                 raise ValueError(value)
             return int(value)
         if t == "float":
-            return float(value)
+            v = float(value)
+            if not math.isfinite(v):   # nan passes no comparison and inf every lower bound: refuse both here
+                raise ConfigError(f"{name}: must be a finite number (got {value!r})")
+            return v
         if t == "tuple[dict, ...]":
             if isinstance(value, str):
                 value = json.loads(value)
@@ -41,7 +45,10 @@ def _coerce(ftype: Any, value: Any, name: str) -> Any:
         if t == "tuple":
             if isinstance(value, str):
                 value = json.loads(value)
-            return tuple(float(v) for v in value)
+            out = tuple(float(v) for v in value)
+            if not all(math.isfinite(v) for v in out):
+                raise ConfigError(f"{name}: must hold finite numbers (got {value!r})")
+            return out
         return str(value)
     except (TypeError, ValueError, json.JSONDecodeError):
         raise ConfigError(f"{name}: expected {t} (got {value!r})") from None

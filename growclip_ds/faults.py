@@ -5,6 +5,7 @@
     GROWCLIP_FAULT="consolidate@0" / "gas@1:2" (after its 2nd variant file)
 
     GROWCLIP_FAULT="datastep@1"   # rank 1 reports an optimizer step one ahead (ranks disagree)
+    GROWCLIP_FAULT="stale@1"      # rank 1 trains with another lr (a stale config on its node)
     GROWCLIP_FAULT="nospace@1:4"  # rank 1's writes of the checkpoint of step 4 fail with ENOSPC
     GROWCLIP_FAULT_DELAY=0.4      # sleep 0.4 s after every optimizer step (time for a test's signal)
 

@@ -9,7 +9,9 @@ from any folder once installed (``deepspeed --module growclip_ds.launch ...``, `
 
 The config is parsed and validated before any process group starts. Each step writes its model and
 evaluation into ``<run-dir>/step<t>`` (growclip_ds/rundir.py); a re-run resumes where it stopped.
-Exit codes: 0 done, 2 bad config or input, 3 preempted (checkpointed; rerun to resume), 4 diverged
+One launch per run folder (``<run-dir>/LOCK``, growclip_ds/runlock.py); a resume must run with the
+config and data the step started with (growclip_ds/provenance.py). Exit codes: 0 done, 2 bad config,
+input or a run folder in use, 3 preempted (checkpointed; rerun to resume), 4 diverged
 (NaN/inf loss; ``latest`` is the last finite checkpoint), 5 undecodable data.
 """
 from __future__ import annotations
@@ -41,6 +43,9 @@ def parse_args(argv=None):
     p.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
                    help="checkpoint and exit after N optimizer steps of the current phase (a planned stop; "
                         "re-run without it to resume)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume a step under a config that differs from the one it started with (refused by "
+                        "default, naming the fields; the change is recorded in step<t>/config_changes.jsonl)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -76,22 +81,25 @@ def init_distributed() -> None:
     deepspeed.init_distributed(dist_backend=backend)
 
 
-def check(args):
-    """(config with the run's tokenizer, run folder, ablations): every input checked before any
-    process group starts; raises ConfigError / FileNotFoundError / ValueError naming what to fix."""
-    from growclip_ds import methods
+def check(args, lock):
+    """(config with the run's tokenizer, run folder, ablations, phases to run, checkpoint key id): every
+    input checked before any process group starts, the run folder locked (rank 0, ``lock``) before
+    anything is written there; raises ConfigError / FileNotFoundError / ValueError naming what to fix."""
+    from growclip_ds import methods, provenance
     from growclip_ds.config import ConfigError, load_config
     from growclip_ds.data.manifest import Manifest
     from growclip_ds.data.tokenizer import pin_to_run
     from growclip_ds.eval.sets import list_sets
     from growclip_ds.growth.space import NUM_CANDIDATES
-    from growclip_ds.pipeline import ABLATIONS, phases_for
+    from growclip_ds.pipeline import ABLATIONS, pending_phases, phases_for
     from growclip_ds.rundir import RunDir
 
     cfg = load_config(args.config, args.set)
     cfg.train.grad_accum(int(os.environ.get("WORLD_SIZE", "1")))  # batch sizes must fit the world size
     num_steps = Manifest.load(cfg.data.root).num_steps
     list_sets(cfg.data.root, cfg.data.eval)   # evaluation sets findable now, not after training
+    if args.stop_after_steps is not None and args.stop_after_steps < 0:
+        raise ConfigError(f"--stop-after-steps: must be >= 0 (got {args.stop_after_steps})")
     if args.step < 1 or args.step > num_steps:
         raise ConfigError(f"--step: must be in 1..{num_steps}, the steps of {cfg.data.root}/manifest.parquet "
                           f"(got {args.step})")
@@ -106,11 +114,32 @@ def check(args):
     if args.phase and args.phase not in phases:
         raise ConfigError(f"--phase: step {args.step} has phases {phases} (got {args.phase!r})")
     run = RunDir(args.run_dir or f"runs/{cfg.name}")
-    methods.record(run, args.method, ablate, args.candidate, writer=os.environ.get("RANK", "0") == "0")
+    writer = os.environ.get("RANK", "0") == "0"
+    if writer:
+        lock.acquire(run.path)
+    kid = check_key(run, args.step)
+    methods.record(run, args.method, ablate, args.candidate, writer=writer)
     if args.step > 1 and not run.step(args.step - 1).finished:
         raise ConfigError(f"--step {args.step}: step {args.step - 1} of {run} is not finished "
                           f"({run.step(args.step - 1).eval_file} missing); run it first")
-    return pin_to_run(cfg, run), run, ablate   # the run's own tokenizer copy: one vocabulary from step 1 on
+    cfg = pin_to_run(cfg, run)   # the run's own tokenizer copy: one vocabulary from step 1 on
+    todo = pending_phases(run, args.step, ablate, args.method, args.candidate)
+    if args.phase and args.phase not in todo:
+        raise ConfigError(f"--phase {args.phase}: step {args.step}'s {args.phase} phase is finished "
+                          f"({run.step(args.step).phase(args.phase).done_file}); running it again would overwrite "
+                          f"its results. To redo it, move {run.step(args.step).phase(args.phase).path} aside first")
+    todo = [args.phase] if args.phase else todo
+    if todo:
+        provenance.check_resume(cfg, run.step(args.step), args.step, args.allow_config_change, writer)
+    return cfg, run, ablate, todo, kid
+
+
+def check_key(run, step: int) -> str:
+    """The checkpoint key (signing.check_key) against the key ids of the step's checkpoints."""
+    from growclip_ds.train import checkpoint, signing
+
+    ids = {checkpoint.manifest_key_id(m.parent) for m in run.step(step).path.glob(f"*/checkpoints/*/{checkpoint.MANIFEST}")}
+    return signing.check_key(ids - {None})
 
 
 def leave_group() -> None:
@@ -135,38 +164,83 @@ def next_phase() -> None:
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
+class _Lock:
+    """Rank 0's hold on the run folder (runlock.RunLock), taken inside ``check``."""
+
+    def __init__(self):
+        self.held = None
+
+    def acquire(self, run_dir) -> None:
+        from growclip_ds.runlock import RunLock
+
+        self.held = RunLock(run_dir)
+        self.held.acquire()
+
+    def release(self) -> None:
+        if self.held:
+            self.held.release()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from growclip_ds.train import preempt
+
+    preempt.mark_launch()   # a STOP file older than this is a killed job's, not a request to this launch
+    lock = _Lock()
+    try:
+        return _main(args, lock)   # returns only when the launch ends (next_phase re-executes, keeping the lock)
+    finally:
+        lock.release()
+
+
+def _main(args, lock) -> int:
     from growclip_ds.config import ConfigError
+    from growclip_ds.runlock import RunLocked
+    from growclip_ds.train.signing import CheckpointKeyError
 
     try:
-        cfg, run, ablate = check(args)
+        cfg, run, ablate, todo, kid = check(args, lock)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, RunLocked, CheckpointKeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from growclip_ds import provenance
     from growclip_ds.data.loader import DataStall
-    from growclip_ds.pipeline import pending_phases, run_phase_of_step
+    from growclip_ds.pipeline import run_phase_of_step
     from growclip_ds.train import preempt
+    from growclip_ds.train.checkpoint import CheckpointError
     from growclip_ds.train.nonfinite import NONFINITE_EXIT, NonFiniteError
 
-    todo = [args.phase] if args.phase else pending_phases(run, args.step, ablate, args.method, args.candidate)
     if not todo:
         print(f"[growclip_ds] {run.step(args.step).path} is complete; nothing to do")
         return 0
+    stale = preempt.stale_stop(run.path)
+    if stale and os.environ.get("RANK", "0") == "0":
+        print(f"[growclip_ds] ignoring {stale}: it is older than this launch (left by a stopped job); "
+              "remove it", file=sys.stderr, flush=True)
     preempt.install()  # SIGTERM / SIGUSR1: checkpoint after the current step, exit PREEMPTED_EXIT
     init_distributed()
     try:
+        provenance.check_ranks_agree(provenance.agreement(cfg, args.step, kid))
         res = run_phase_of_step(cfg, args.step, run.path, todo[0], ablate, progress=not args.no_progress,
                                 stop_after=args.stop_after_steps, method=args.method, candidate=args.candidate)
+    except ConfigError as e:      # raised on every rank (the ranks compared their views)
+        print(f"config error: {e}", file=sys.stderr, flush=True)
+        leave_group()
+        return 2
+    except CheckpointError as e:  # raised on every rank (the ranks agreed: a refused resume, a failed save)
+        print(f"[growclip_ds] rank {os.environ.get('RANK', '0')}: error: {e}", file=sys.stderr, flush=True)
+        leave_group()
+        return 2
     except NonFiniteError as e:   # raised on every rank at the same step (the ranks agreed)
         if os.environ.get("RANK", "0") == "0":
             print(f"[growclip_ds] diverged: {e}", file=sys.stderr, flush=True)
         return NONFINITE_EXIT
     except DataStall as e:        # this rank's data: the launcher stops the other ranks
         print(f"[growclip_ds] rank {os.environ.get('RANK', '0')}: no usable data: {e}", file=sys.stderr, flush=True)
+        lock.release()
         os._exit(DATA_EXIT)
     leave_group()
     if res.preempted:

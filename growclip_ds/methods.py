@@ -42,6 +42,7 @@ from .config import ConfigError, RunConfig
 from .data.manifest import Manifest
 from .data.mixture import replay_mixture
 from .distributed import accelerator_device, rank_world
+from .fileio import atomic_write_text
 from .growth.pim import pim
 from .model.init import name_seed
 from .rundir import RunDir
@@ -188,5 +189,5 @@ def record(run: RunDir, method: str, ablate: set, candidate: int | None, writer:
         return
     if writer:
         run.path.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write_text(run.method_file, json.dumps(want, indent=1))
+        atomic_write_text(run.method_file, json.dumps(want, indent=1))
 

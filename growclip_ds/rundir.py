@@ -2,7 +2,10 @@
 
     <run>/method.json                    what made the run (one method per folder)
     <run>/tokenizer/                     the tokenizer fixed at step 1 (data/tokenizer.py pin_to_run)
+    <run>/LOCK                           the launch that runs in this folder now (runlock.py)
     <run>/step<t>/config.json            the config step t ran with
+    <run>/step<t>/data.json              a fingerprint of its data (provenance.py: a resume must match)
+    <run>/step<t>/config_changes.jsonl   config changes allowed at a resume (--allow-config-change)
     <run>/step<t>/model.safetensors      the step's model, with arch.json (its architecture, params and
                                          how it was chosen); the model folder format is checkpoint.py's
     <run>/step<t>/eval.json              its evaluation: step t is finished when this exists
@@ -22,7 +25,10 @@ from pathlib import Path
 
 METHOD = "method.json"
 TOKENIZER = "tokenizer"
+LOCK = "LOCK"
 CONFIG = "config.json"
+DATA_PRINT = "data.json"
+CONFIG_CHANGES = "config_changes.jsonl"
 MODEL = "model.safetensors"
 ARCH = "arch.json"
 EVAL = "eval.json"
@@ -37,7 +43,7 @@ _STEP = re.compile(r"^step(\d+)$")
 def write_json(path: Path, record: dict) -> None:
     """Rank 0 writes ``record`` atomically; every rank waits until it is there."""
     from .distributed import barrier, rank_world
-    from .train.checkpoint import atomic_write_text
+    from .fileio import atomic_write_text
 
     if rank_world()[0] == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +81,8 @@ class StepDir:
     def __init__(self, path: Path, t: int):
         self.path, self.t = Path(path), t
         self.config_file = self.path / CONFIG
+        self.data_file = self.path / DATA_PRINT
+        self.changes_file = self.path / CONFIG_CHANGES
         self.eval_file = self.path / EVAL
         self.choice_file = self.path / ARCH     # the chosen architecture (GAS, fixed, random) and its record
         self.gas_scores = self.path / GAS_SCORES

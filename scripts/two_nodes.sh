@@ -10,6 +10,8 @@ set -euo pipefail
 # State (host and user keys, sshd config and pid) lives in a private folder made by mktemp -d (mode
 # 0700, owned by us); its name is remembered in ~/.cache/growclip_ds/two_nodes_dir so a second call
 # reuses the running sshd. A folder someone else could have prepared is never used.
+#   scripts/two_nodes.sh        start (or reuse) the two nodes
+#   scripts/two_nodes.sh down   stop our sshd, remove our key line, ssh config block and private folder
 PORT=${GROWCLIP_SSHD_PORT:-2222}
 REMEMBER=~/.cache/growclip_ds/two_nodes_dir
 private_dir() {  # owned by us and not accessible to anyone else
@@ -17,6 +19,19 @@ private_dir() {  # owned by us and not accessible to anyone else
 }
 D=${GROWCLIP_SSHD_DIR:-}
 if [ -z "$D" ] && [ -f "$REMEMBER" ] && private_dir "$(cat "$REMEMBER")"; then D=$(cat "$REMEMBER"); fi
+if [ "${1:-}" = down ]; then
+  if [ -n "$D" ] && private_dir "$D"; then
+    if [ -f "$D/sshd.pid" ] && kill "$(cat "$D/sshd.pid")" 2>/dev/null; then
+      for _ in $(seq 50); do kill -0 "$(cat "$D/sshd.pid")" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -rf "$D"
+  fi
+  rm -f "$REMEMBER"
+  [ -f ~/.ssh/authorized_keys ] && sed -i '/ growclip_ds-two_nodes$/d' ~/.ssh/authorized_keys
+  [ -f ~/.ssh/config ] && sed -i '/^# growclip_ds two nodes/,+6d' ~/.ssh/config
+  echo "two nodes down: sshd stopped, key and ssh config block removed"
+  exit 0
+fi
 if [ -z "$D" ]; then
   D=$(mktemp -d "${TMPDIR:-/tmp}/growclip_sshd.XXXXXXXX")
   mkdir -p "$(dirname "$REMEMBER")" && echo "$D" > "$REMEMBER"

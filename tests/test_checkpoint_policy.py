@@ -9,6 +9,7 @@ import torch
 from growclip_ds.train import checkpoint, signing
 from growclip_ds.train.cadence import Cadence, retain, step_tags
 from growclip_ds.train.nonfinite import Guard, NonFiniteError, nonfinite_tensors
+from tests.conftest import PicklePayload
 
 
 def test_cadence_by_steps_and_by_wall_time():
@@ -57,16 +58,6 @@ def test_guard_skips_then_aborts_and_names_the_last_good_checkpoint():
                               "n": torch.tensor([3])}) == ["b"]
 
 
-class _Payload:
-    """A pickle that would leave a marker file if anything unpickled it."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
 def _fake_checkpoint(folder, step):
     folder.mkdir(parents=True)
     torch.save({"module": {"w": torch.full((2,), float(step))}}, folder / "mp_rank_00_model_states.pt")
@@ -82,7 +73,7 @@ def test_tampered_pickle_is_refused_before_unpickling(tmp_path, monkeypatch):
     assert (tmp_path / "key").stat().st_mode & 0o777 == 0o600
     target = ckpt / "global_step4" / "mp_rank_00_model_states.pt"
     marker = tmp_path / "PWNED"
-    target.write_bytes(pickle.dumps(_Payload(marker)))
+    target.write_bytes(pickle.dumps(PicklePayload(marker)))
     man = json.loads((ckpt / "global_step4" / checkpoint.MANIFEST).read_text())
     man["files"][target.name]["bytes"] = target.stat().st_size   # what a writer without the key can fix
     (ckpt / "global_step4" / checkpoint.MANIFEST).write_text(json.dumps(man))
@@ -95,13 +86,20 @@ def test_tampered_pickle_is_refused_before_unpickling(tmp_path, monkeypatch):
     assert checkpoint.consolidated_state_dict(ckpt)["w"].tolist() == [2.0, 2.0]   # the intact one loads
     # a file changed under an untouched manifest: refused by its keyed hash
     other = ckpt / "global_step2" / "mp_rank_00_model_states.pt"
-    other.write_bytes(pickle.dumps(_Payload(marker)).ljust(other.stat().st_size, b"\0"))
+    other.write_bytes(pickle.dumps(PicklePayload(marker)).ljust(other.stat().st_size, b"\0"))
     assert "fails its keyed hash" in checkpoint.verify(ckpt / "global_step2") and not marker.exists()
-    # another key (another machine, or a forger): nothing verifies
+    # another key (another machine, or a forger): nothing verifies; the message tells a lost or other
+    # key (the manifest names its key id) from an edit, and says how to re-sign what the user trusts
     monkeypatch.setenv(signing.KEY_ENV, "someone else's key")
     _fake_checkpoint(tmp_path / "fresh" / "global_step1", 1)
-    monkeypatch.setenv(signing.KEY_ENV, "a third key")
-    assert "not signed" in checkpoint.verify(tmp_path / "fresh" / "global_step1")
+    monkeypatch.setenv(signing.KEY_ENV, "a third key, long enough")
+    why = checkpoint.verify(tmp_path / "fresh" / "global_step1")
+    assert "signed with another checkpoint key" in why and "growclip-ds checkpoint resign" in why
+    man = tmp_path / "fresh" / "global_step1" / checkpoint.MANIFEST
+    doc = json.loads(man.read_text())
+    del doc["key_id"]                                       # a forger dropping the id: still refused
+    man.write_text(json.dumps(doc))
+    assert "not signed with this machine's checkpoint key" in checkpoint.verify(tmp_path / "fresh" / "global_step1")
 
 
 def test_skipped_fraction_is_reported_and_warned_above_the_rate(capsys):

@@ -103,6 +103,7 @@ def test_sampled_phase_under_zero2_and_skipped_layer_update(run, tiny_data, tmp_
     # a second run folder that shares step 1 and the step-2 supernet, then trains 1 sampled step at ZeRO-2
     other = tmp_path / "run"
     shutil.copytree(run / "step1", other / "step1")
+    shutil.copytree(run / "tokenizer", other / "tokenizer")
     shutil.copytree(run / "step2" / "supernet", other / "step2" / "supernet", ignore=shutil.ignore_patterns("checkpoints"))
     launch(["--step", "2", "--phase", "sample", "--stop-after-steps", "1", "--set", "train.zero_stage=2"]
            + _common(tiny_data, other))
@@ -132,6 +133,7 @@ def test_sampled_phase_under_zero2_and_skipped_layer_update(run, tiny_data, tmp_
 def test_diverging_rank_aborts_with_a_message(run, tiny_data, tmp_path):
     other = tmp_path / "run"
     shutil.copytree(run / "step1", other / "step1")
+    shutil.copytree(run / "tokenizer", other / "tokenizer")
     shutil.copytree(run / "step2" / "supernet", other / "step2" / "supernet", ignore=shutil.ignore_patterns("checkpoints"))
     p = launch(["--step", "2", "--phase", "sample", "--set", "train.zero_stage=3"] + _common(tiny_data, other),
                check=False, timeout=120, env={"GROWCLIP_FAULT_SUBNET_RANK": "1"})
@@ -181,7 +183,7 @@ def test_preserve_through_deepspeed_keeps_the_function(run, tiny_data, tmp_path)
     from growclip_ds.growth.preserve import preserve
 
     other = tmp_path / "run"
-    for s in ("step1", "step2"):
+    for s in ("step1", "step2", "tokenizer"):
         shutil.copytree(run / s, other / s, ignore=shutil.ignore_patterns("checkpoints"))
     launch(["--step", "3", "--stop-after-steps", "0", "--set", "train.zero_stage=3", "--set",
             "growth.inherit=preserve"] + _common(tiny_data, other), ranks=1)

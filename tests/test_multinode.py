@@ -7,15 +7,34 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import REPO, free_port, run_bounded
 
 
+def _two_nodes(*args):
+    return subprocess.run(["bash", str(REPO / "scripts" / "two_nodes.sh"), *args], check=True, capture_output=True,
+                          text=True, timeout=120)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.2", port)) == 0
+
+
 @pytest.fixture(scope="module")
 def two_nodes():
-    subprocess.run(["bash", str(REPO / "scripts" / "two_nodes.sh")], check=True, capture_output=True, text=True,
-                   timeout=120)
+    """The two nodes, taken down again afterwards whatever happens (no login service left open)."""
+    keys = Path.home() / ".ssh" / "authorized_keys"
+    before = keys.read_text() if keys.exists() else None
+    _two_nodes()
+    yield before
+    _two_nodes("down")
 
 
 def sbatch_as_bash(tmp, args, fault=None):
@@ -58,3 +77,15 @@ def test_growth_across_two_nodes_with_a_rank_killed_during_gas(two_nodes, tiny_d
 
     ckpt = run / "step2" / "final" / "checkpoints"
     assert read_meta(ckpt / latest_tag(ckpt))["world_size"] == 2    # one rank per node, two nodes
+
+
+def test_two_nodes_down_closes_the_login_service_and_removes_its_key(two_nodes):
+    """What the fixture's teardown does, checked: sshd gone, authorized_keys as before, no ssh config block
+    (then up again for any later test of this module; the fixture takes it down at the end)."""
+    assert _listening(2222)
+    _two_nodes("down")
+    keys, config = Path.home() / ".ssh" / "authorized_keys", Path.home() / ".ssh" / "config"
+    assert not _listening(2222)
+    assert (keys.read_text() if keys.exists() else None) in (two_nodes, "")
+    assert "growclip_ds" not in (keys.read_text() if keys.exists() else "")
+    assert "growclip_ds two nodes" not in (config.read_text() if config.exists() else "")

@@ -1,15 +1,17 @@
 """Preemption, resume at another world size (universal checkpoints), a full disk during a save, and
 ranks that disagree on the data step, each for real through the launcher."""
 import json
+import os
 import shutil
 import subprocess
+import time
 
 import pytest
 from safetensors.torch import load_file
 
 from growclip_ds.train import checkpoint
 from growclip_ds.train.preempt import PREEMPTED_EXIT
-from tests.conftest import launch
+from tests.conftest import PicklePayload, launch
 
 BATCH = ["--set", "train.global_batch=48", "--set", "train.micro_batch=8"]  # divides 1, 2 and 3 ranks
 
@@ -30,13 +32,18 @@ def resized(tiny_data, tmp_path_factory):
     base = tmp_path_factory.mktemp("resize")
     run = base / "two"
     run.mkdir()
-    (run / "STOP").write_text("")  # what the SLURM batch script writes when preemption is announced
+    stop = run / "STOP"   # what the SLURM batch script writes when preemption is announced: dated after the
+    stop.write_text("")   # launch began, as the batch script's trap writes it (an older STOP is ignored)
+    os.utime(stop, (time.time() + 600, time.time() + 600))
     first = launch(common(tiny_data, run), ranks=2, check=False)
-    (run / "STOP").unlink()
+    stop.unlink()
     out = {"first": first, "runs": {}}
     for ranks in (3, 1):
         dst = base / f"to{ranks}"
         shutil.copytree(run, dst)
+        if ranks == 1:   # a STOP left by a killed job: older than the launch, ignored with a warning
+            (dst / "STOP").write_text("")
+            os.utime(dst / "STOP", (time.time() - 3600, time.time() - 3600))
         out["runs"][ranks] = (dst, launch(common(tiny_data, dst), ranks=ranks))
     out["src"] = run
     return out
@@ -55,6 +62,8 @@ def test_resume_at_another_world_size_restores_weights_and_moments(resized, rank
     run, p = resized["runs"][ranks]
     out = p.stdout + p.stderr
     assert "converting" in out and f"at world size {ranks}" in out
+    if ranks == 1:   # the stale STOP did not stop it (it trained to the end, below), and the user was told
+        assert f"ignoring {run / 'STOP'}: it is older than this launch" in out
     # the engine's check (weights exact, moments' summed squares) ran and passed; independently, the
     # universal conversion holds exactly the weights that zero_to_fp32 reads from the 2-rank checkpoint
     ckpt = run / "step1" / "train" / "checkpoints"
@@ -68,6 +77,26 @@ def test_resume_at_another_world_size_restores_weights_and_moments(resized, rank
     assert sorted(seen) == list(range(1, max(seen) + 1)) and (run / "step1" / "eval.json").exists()
     meta = checkpoint.read_meta(ckpt / checkpoint.latest_tag(ckpt))
     assert meta["world_size"] == ranks
+
+
+def test_a_tampered_universal_conversion_is_converted_again_never_loaded(resized, tmp_path):
+    """``<tag>_universal/`` is signed when written and verified before DeepSpeed reads it: a file swapped
+    or added there is never unpickled; the conversion is redone from the verified checkpoint."""
+    import torch
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(resized["runs"][1][0] / "step1" / "train" / "checkpoints", ckpt)
+    uni = ckpt / "global_step1_universal"
+    assert checkpoint.verify(uni) is None and checkpoint.read_meta(uni) == {"universal_of": "global_step1"}
+    marker = tmp_path / "RAN"
+    victim = next(uni.glob("zero/*/fp32.pt"))
+    torch.save(PicklePayload(marker), victim)
+    assert "keyed hash" in checkpoint.verify(uni) or "bytes" in checkpoint.verify(uni)
+    assert checkpoint.universal_conversion(ckpt, "global_step1") == "global_step1_universal"
+    assert not marker.exists() and checkpoint.verify(uni) is None
+    saved = checkpoint.consolidated_state_dict(ckpt, "global_step1")
+    name = victim.parent.name
+    assert torch.equal(torch.load(victim, weights_only=True)["param"].float(), saved[name])
 
 
 def test_ranks_disagreeing_on_the_data_step_abort(tiny_data, tmp_path, monkeypatch):

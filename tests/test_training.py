@@ -4,6 +4,7 @@ DeepSpeed's zero_to_fp32, eval.json. Eight launches, ~2 min in all."""
 import json
 import os
 import shutil
+import sys
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from safetensors.torch import load_file
 
 from growclip_ds.presets import PRESETS
 from growclip_ds.model import param_count
-from tests.conftest import launch, start
+from tests.conftest import REPO, PicklePayload, launch, run_bounded, start
 
 
 def _losses(run):
@@ -31,6 +32,9 @@ def runs(tiny_data, tmp_path_factory):
                         "data.num_workers=1"]
     launch(resumed + ["--stop-after-steps", "5"], launcher="deepspeed")
     out["stopped_files"] = sorted(p.name for p in (out["resumed"] / "step1").iterdir())
+    # the same command with another learning rate: refused before anything trains, naming the field
+    out["changed_lr"] = launch(resumed + ["--set", "train.lr=0.0123"], ranks=1, check=False)
+    out["metrics_after_refusal"] = (out["resumed"] / "step1" / "train" / "metrics.jsonl").read_text()
     launch(resumed, launcher="deepspeed")
     killed = common + ["--run-dir", str(base / "killed"), "--set", "train.zero_stage=2",
                        "--set", "train.checkpoint_every=2"]
@@ -38,7 +42,15 @@ def runs(tiny_data, tmp_path_factory):
     for fault in ("train@1:3", "save@0:4", "consolidate@0"):   # each relaunch resumes, then dies again
         p = launch(killed, launcher="deepspeed", check=False, env={"GROWCLIP_FAULT": fault})
         out["kills"].append((fault, p.returncode, p.stdout + p.stderr))
-    launch(killed, launcher="deepspeed")
+    # the phase's last checkpoint (what `latest` names) corrupted before its consolidation: the rerun
+    # falls back to the previous one, moves the refused one aside, trains those steps again and finishes
+    optim = base / "killed" / "step1" / "train" / "checkpoints" / "global_step12" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    with open(optim, "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    out["final"] = launch(killed, launcher="deepspeed")
     return out
 
 
@@ -54,6 +66,9 @@ def test_zero2_and_zero3_give_the_same_weights(runs):
 
 def test_resume_continues_the_same_loss_sequence(runs):
     assert "model.safetensors" not in runs["stopped_files"]  # the planned stop left no final model
+    p = runs["changed_lr"]
+    assert p.returncode == 2 and "train.lr: 0.002 -> 0.0123" in p.stderr and "--allow-config-change" in p.stderr
+    assert len(runs["metrics_after_refusal"].splitlines()) == 5   # nothing trained under the new value
     steps, losses = _losses(runs["resumed"])
     ref_steps, ref = _losses(runs["zero2"])
     assert steps == ref_steps == list(range(1, 13))
@@ -93,6 +108,13 @@ def test_kill_9_anywhere_loses_nothing_and_resumes_the_same_run(runs):
         assert rc != 0 and "fault injection: SIGKILL" in out, fault
     # the save killed at step 4 (its files written, manifest and 'latest' not): the next start resumed step 2
     assert "resuming from" in runs["kills"][2][2] and "global_step2" in runs["kills"][2][2]
+    # rank 0 was killed holding the run folder's lock: the next launch took it over (a dead holder never blocks)
+    assert "taking over" in runs["kills"][2][2] and "is gone" in runs["kills"][2][2]
+    final = runs["final"].stdout + runs["final"].stderr
+    assert "refusing checkpoint" in final and "global_step12" in final and "global_step10 instead" in final
+    assert "moved the refused checkpoint(s) global_step12" in final
+    refused = list((runs["killed"] / "step1" / "train" / "checkpoints" / "refused").glob("global_step12.*"))
+    assert len(refused) == 1 and (refused[0] / "zero_pp_rank_0_mp_rank_00_optim_states.pt").exists()   # kept
     steps, losses = _losses(runs["killed"])          # redone steps log again: keep the last of each
     last = dict(zip(steps, losses))
     ref_steps, ref = _losses(runs["zero2"])
@@ -127,6 +149,54 @@ def test_corrupt_or_truncated_checkpoint_is_refused_for_the_previous(runs, tmp_p
     said.clear()
     assert pick_tag(ckpt, log=said.append) == "global_step8"
     assert any(str(model) in m and "truncated" in m for m in said)
+
+
+def test_planted_renamed_or_foreign_key_checkpoints_run_nothing_and_say_what_to_do(runs, tmp_path, monkeypatch, capsys):
+    """On real DeepSpeed checkpoints: a pickle dropped into the newest folder (named as DeepSpeed's files,
+    which zero_to_fp32 globs) is refused before anything is unpickled; a signed folder copied to a newer
+    name is refused (no silent rollback); checkpoints signed with another key are re-signed on request."""
+    from growclip_ds.cli import main as cli
+    from growclip_ds.train.checkpoint import CheckpointError, consolidated_state_dict, pick_tag, verify
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(runs["killed"] / "step1" / "train" / "checkpoints", ckpt, ignore=shutil.ignore_patterns("refused"))
+    marker = tmp_path / "RAN"
+    torch.save(PicklePayload(marker), ckpt / "global_step12" / "zz_optim_states.pt")
+    why = verify(ckpt / "global_step12")
+    assert "does not list (zz_optim_states.pt)" in why and "DeepSpeed would unpickle them" in why
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        consolidated_state_dict(ckpt, "global_step12")
+    said = []
+    assert pick_tag(ckpt, log=said.append) == "global_step10" and not marker.exists()
+    assert (ckpt / "latest").read_text() == "global_step10" and not (ckpt / "global_step12").exists()
+    assert any("refused" in m for m in said)     # the planted folder is kept aside for inspection, not run
+    # a signed checkpoint copied to a newer tag
+    shutil.copytree(ckpt / "global_step8", ckpt / "global_step14")
+    (ckpt / "latest").write_text("global_step14")
+    said.clear()
+    assert pick_tag(ckpt, log=said.append) == "global_step10"
+    assert "was signed for 'global_step8', not 'global_step14'" in said[0]
+    # another key (a lost key file, or a node with another HOME): told apart from an edit, and re-signable
+    monkeypatch.setenv("GROWCLIP_KEY_FILE", str(tmp_path / "new.key"))
+    assert "signed with another checkpoint key" in verify(ckpt / "global_step10")
+    torch.save(PicklePayload(marker), ckpt / "global_step8" / "extra_model_states.pt")
+    assert cli(["checkpoint", "resign", str(ckpt)]) == 2        # one folder is not as saved: not re-signed
+    err = capsys.readouterr().err
+    assert "global_step8: not as saved (1 unlisted file(s) ['extra_model_states.pt']" in err and "not re-signed" in err
+    assert verify(ckpt / "global_step10") is None and "another checkpoint key" in verify(ckpt / "global_step8")
+    assert not marker.exists()
+    ref = load_file(runs["killed"] / "step1" / "model.safetensors")
+    assert set(consolidated_state_dict(ckpt, "global_step10")) == set(ref)
+
+
+def test_ranks_with_different_configs_stop_naming_the_rank_and_field(tiny_data, tmp_path):
+    """Rank 1 reads a stale config (another lr): the job stops before training, on every rank."""
+    run = tmp_path / "stale"
+    p = launch(["--step", "1", "--config", "tiny", "--set", f"data.root={tiny_data}", "--run-dir", str(run)],
+               check=False, env={"GROWCLIP_FAULT": "stale@1"}, timeout=120)
+    assert p.returncode != 0
+    assert "ranks disagree with rank 0" in p.stderr and "rank 1: config train.lr" in p.stderr
+    assert not (run / "step1" / "train" / "metrics.jsonl").exists()
 
 
 def test_load_reproduces_the_runs_own_evaluation(runs, tiny_data, monkeypatch):
@@ -169,10 +239,17 @@ def test_sigterm_and_sigusr1_to_one_rank_checkpoint_exit_3_and_resume_exactly(ru
     metrics = run / "step1" / "train" / "metrics.jsonl"
     for sig, rank in ((signal.SIGTERM, 1), (signal.SIGUSR1, 0)):
         done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
-        proc = start(args, env={"GROWCLIP_FAULT_DELAY": "0.5"})
+        # the SIGTERM run steps slower: time for a second launch (below) while it trains
+        proc = start(args, env={"GROWCLIP_FAULT_DELAY": "2" if sig == signal.SIGTERM else "0.5"})
         deadline = time.time() + 120
         while (not metrics.exists() or len(metrics.read_text().splitlines()) < done + 2) and time.time() < deadline:
             time.sleep(0.2)
+        if sig == signal.SIGTERM:   # a second launch on the running run folder (a resubmitted job): refused
+            second = run_bounded([sys.executable, str(REPO / "launchers" / "grow.py"), *args],
+                                 {**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+            assert second.returncode == 2 and "is in use by another launch: host" in second.stderr, second.stderr
+            holder = json.loads((run / "LOCK").read_text())       # rank 0's process, named with its host
+            assert f"host {holder['host']}, pid {holder['pid']}, since" in second.stderr
         pid = int(subprocess.run(["pgrep", "-f", f"local_rank={rank} .*{run}"], capture_output=True,
                                  text=True).stdout.split()[0])
         os.kill(pid, sig)

@@ -20,13 +20,13 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms import v2 as T
 
 from ..model.init import name_seed
 from .mixture import in_buffer
+from .shards import tar_samples
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -120,13 +120,13 @@ class ShardStream(IterableDataset):
                 if idle["shards"] > 2 * len(mine) + 8:
                     raise RuntimeError(f"no readable sample in {idle['shards'] - 1} shard reads in a row "
                                        f"(first shard: {mine[0]}); check the shards' integrity")
-                yield {"url": str(s)}
+                yield s
 
     def _raw_samples(self, rng: random.Random, role: int, roles: int, counter: _Counter, shards: list,
                      keep: float = 1.0):
         idle = {"shards": 0}
         urls = self._shard_urls(rng, role, roles, idle, shards)
-        src = wds.tariterators.tarfile_samples(urls, handler=counter.handler)
+        src = tar_samples(urls, handler=counter.handler)
         buf, size = [], max(1, self.plan.shuffle_buffer)
         for s in src:
             if s.get("__key__") in self.plan.exclude:
@@ -202,7 +202,7 @@ def first_samples(shards: list, n: int, image_size: int, tokenize, exclude: froz
     as one batch: a fixed batch that every rank and every run reads identically (what growth is
     measured on before training)."""
     tf, imgs, texts = image_transform(image_size), [], []
-    for raw in wds.tariterators.tarfile_samples(iter({"url": str(s)} for s in shards)):
+    for raw in tar_samples(shards):
         if raw.get("__key__") in exclude:
             continue
         sample = decode_sample(raw, tf)

@@ -17,15 +17,17 @@ What it writes, all under SHARDS (the user's files are only read, never changed)
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import random
 import tarfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import webdataset as wds
 
 from ..eval import sets as evalsets
 from .manifest import Manifest, ShardEntry
+from .shards import tar_samples
 from .tokenizer import train_bpe
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -44,7 +46,7 @@ def shard_rows(tar: Path, column: str | None = None) -> list[dict]:
         return [{"key": r["key"], "caption": r.get("caption") or "", "value": r.get(column) if column else None}
                 for r in rows if r.get("status", "success") == "success"]
     out = []
-    for s in wds.tariterators.tarfile_samples(iter([{"url": str(tar)}])):
+    for s in tar_samples([tar]):
         if not any(e in s for e in IMAGE_EXTS):
             continue
         meta = json.loads(s["json"]) if "json" in s else {}
@@ -99,7 +101,7 @@ def _regroup(tar: Path, step_of_key: dict, out_dir: Path) -> list[tuple[Path, in
     """Copy a mixed shard's samples into one shard per step; [(path, step, samples)]."""
     writers, counts = {}, {}
     try:
-        for s in wds.tariterators.tarfile_samples(iter([{"url": str(tar)}])):
+        for s in tar_samples([tar]):
             t = step_of_key.get(s["__key__"])
             if t is None:
                 continue
@@ -155,7 +157,7 @@ def _write_heldout(root: Path, entries: list[ShardEntry], held: dict) -> list:
     found = {"test": [], "selection": []}
     keys_of = {e.path: set(e.holdout) for e in entries if e.holdout}
     for path, keys in keys_of.items():
-        for s in wds.tariterators.tarfile_samples(iter([{"url": str(path)}])):
+        for s in tar_samples([path]):
             if s["__key__"] not in keys:
                 continue
             ext = next((e for e in IMAGE_EXTS if e in s), None)
@@ -227,6 +229,9 @@ def split_corpus(root, num_steps: int | None = 4, sizes: list[float] | None = No
     m.save()
     if tokenizer and not (root / "tokenizer").exists():
         caps = [r["caption"] for e in entries if e.step == 1 for r in rows[e.path] if r["key"] not in held]
-        train_bpe(caps, root / "tokenizer", vocab_size)
+        tmp = root / f".tokenizer.{os.getpid()}.tmp"   # trained aside, renamed when whole: a crash or a full
+        shutil.rmtree(tmp, ignore_errors=True)         # disk never leaves a partial tokenizer later splits keep
+        train_bpe(caps, tmp, vocab_size)
+        os.replace(tmp, root / "tokenizer")
         progress(f"trained a BPE tokenizer on {len(caps)} step-1 captions -> {root / 'tokenizer'}")
     return m

@@ -90,7 +90,12 @@ def pin_to_run(cfg, run_dir):
     from ..config import replace
     from ..rundir import RunDir
 
-    run_copy = RunDir(run_dir).tokenizer
+    run = RunDir(run_dir)
+    run_copy = run.tokenizer
+    if not run_copy.exists() and any(s.config_file.exists() for s in run.steps()):
+        raise FileNotFoundError(f"{run_copy} is missing, but {run} has trained steps with it: restore it (its hash is "
+                                f"in step<t>/{run.step(1).data_file.name}); a copy of the data's current tokenizer could "
+                                "give other ids")
     if not run_copy.exists():
         src = tokenizer_path(cfg.data)
         TextTokenizer(src, 3)   # fails here, with what to do, if the folder is not a tokenizer

@@ -26,7 +26,8 @@ import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import webdataset as wds
+from ..data.shards import tar_samples
+
 
 KINDS, ROLES = ("zeroshot", "retrieval"), ("test", "selection")
 EVAL_DIR = "eval"          # <data.root>/eval: the evaluation sets and their index
@@ -103,7 +104,7 @@ def _image_ext(sample: dict):
 
 def _samples(tars: list[Path], need: str):
     """The samples of ``tars`` in file order; each must hold an image and ``need``."""
-    for s in wds.tariterators.tarfile_samples(iter({"url": str(t)} for t in tars)):
+    for s in tar_samples(tars):
         if _image_ext(s) is None or need not in s:
             raise ValueError(f"{s.get('__url__')}: sample {s.get('__key__')!r} needs an image and {need!r}")
         yield s

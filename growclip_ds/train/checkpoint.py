@@ -13,6 +13,7 @@ import hmac
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -21,30 +22,14 @@ from safetensors.torch import load_file, save_file
 from .. import faults, rundir
 from ..config import ArchConfig
 from ..distributed import any_rank, barrier, rank_world
+from ..fileio import atomic_write_text, fsync_path
 from ..model import param_count
 from . import cadence, nonfinite, signing
 from . import universal as universal_ckpt
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary name, fsync it, rename over ``path``, fsync the folder: after a power
-    loss ``path`` holds either the old or the new text, never an empty file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 MANIFEST = "growclip_manifest.json"
+REFUSED = "refused"        # <checkpoints>/refused/<tag>.<time>: refused checkpoints, moved aside, never deleted
 
 
 class CheckpointError(RuntimeError):
@@ -56,13 +41,30 @@ def latest_tag(ckpt_dir: Path) -> str | None:
     return f.read_text().strip() if f.exists() else None
 
 
+def _files(folder: Path) -> list[Path]:
+    return [f for f in sorted(folder.rglob("*")) if f.is_file() and f.name != MANIFEST]
+
+
 def write_manifest(folder: Path, tag: str, meta: dict) -> None:
-    """Size and keyed hash of every file of ``folder``, our metadata, and the manifest's own MAC."""
+    """Size and keyed hash of every file of ``folder`` (each fsynced first: what is signed is on the
+    device), the folder's tag, our metadata, the key's id, and the manifest's own MAC."""
     k = signing.key()
-    files = {str(f.relative_to(folder)): {"bytes": f.stat().st_size, "hmac": signing.file_mac(f, k)}
-             for f in sorted(folder.rglob("*")) if f.is_file() and f.name != MANIFEST}
-    body = {"tag": tag, "meta": meta, "files": files}
+    files = {}
+    for f in _files(folder):
+        fsync_path(f)
+        files[str(f.relative_to(folder))] = {"bytes": f.stat().st_size, "hmac": signing.file_mac(f, k)}
+    for d in {f.parent for f in _files(folder)}:
+        fsync_path(d)
+    body = {"tag": tag, "meta": meta, "files": files, "key_id": signing.key_id(k)}
     atomic_write_text(folder / MANIFEST, json.dumps({**body, "signature": signing.sign(body, k)}))
+
+
+def manifest_key_id(folder: Path) -> str | None:
+    """The key id a checkpoint's manifest records (None: no readable manifest, or one from before ids)."""
+    try:
+        return json.loads((Path(folder) / MANIFEST).read_text()).get("key_id")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
 
 
 def save(engine, ckpt_dir: Path, global_step: int, meta: dict, keep: int = 0) -> str:
@@ -116,13 +118,25 @@ def verify(folder: Path) -> str | None:
         return f"{man} is missing (the save did not finish)"
     try:
         doc = json.loads(man.read_text())
-        body = {k: doc[k] for k in ("tag", "meta", "files")}
+        body = {k: doc[k] for k in ("tag", "meta", "files") + (("key_id",) if "key_id" in doc else ())}
     except (json.JSONDecodeError, KeyError, TypeError):
         return f"{man} is unreadable"
     k = signing.key()
+    if doc.get("key_id") not in (None, signing.key_id(k)):
+        return (f"{man} was signed with another checkpoint key (id {doc['key_id']}; the key at "
+                f"${signing.KEY_ENV} or {signing.key_file()} has id {signing.key_id(k)}): point "
+                f"${signing.KEY_FILE_ENV} at that key, or if you trust this checkpoint as it is: "
+                f"growclip-ds checkpoint resign {folder}")
     if not hmac.compare_digest(str(doc.get("signature", "")), signing.sign(body, k)):
-        return (f"{man} is not signed with this machine's checkpoint key ({signing.KEY_ENV} or "
+        return (f"{man} is not signed with this machine's checkpoint key (${signing.KEY_ENV} or "
                 f"{signing.key_file()}): written elsewhere, before keyed manifests, or edited")
+    if body["tag"] != folder.name:
+        return (f"{man} was signed for {body['tag']!r}, not {folder.name!r}: a checkpoint copied or renamed "
+                "(loading it would silently roll the phase back)")
+    unlisted = [str(f.relative_to(folder)) for f in _files(folder) if str(f.relative_to(folder)) not in body["files"]]
+    if unlisted:
+        return (f"{folder} holds {len(unlisted)} file(s) its manifest does not list ({', '.join(unlisted[:3])}): "
+                "added after the save; DeepSpeed would unpickle them. Remove them if you know what they are")
     for rel, want in body["files"].items():
         f = folder / rel
         if not f.exists():
@@ -134,13 +148,40 @@ def verify(folder: Path) -> str | None:
     return None
 
 
+def resign(folder: Path) -> str:
+    """Sign checkpoint ``folder`` anew with this machine's key (``growclip-ds checkpoint resign``): for
+    checkpoints the user vouches for that were signed with a lost or another key. Its manifest must
+    still name every file, with the recorded sizes (nothing added, removed or cut short); the tag and
+    metadata are kept. Returns what was done; raises CheckpointError when the folder does not match."""
+    folder = Path(folder)
+    try:
+        doc = json.loads((folder / MANIFEST).read_text())
+        listed, tag, meta = doc["files"], doc["tag"], doc["meta"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder / MANIFEST}: no readable manifest ({e}); only a saved checkpoint can be re-signed")
+    if tag != folder.name:
+        raise CheckpointError(f"{folder}: its manifest was written for {tag!r}; rename it back before re-signing")
+    have = {str(f.relative_to(folder)): f.stat().st_size for f in _files(folder)}
+    extra = sorted(set(have) - set(listed))
+    gone = sorted(r for r, w in listed.items() if have.get(r) != w["bytes"])
+    if extra or gone:
+        raise CheckpointError(f"{folder}: not as saved ({len(extra)} unlisted file(s) {extra[:3]}, {len(gone)} missing or "
+                              f"resized {gone[:3]}); not re-signed")
+    if verify(folder) is None:
+        return f"{folder}: already signed with this key"
+    write_manifest(folder, tag, meta)
+    return f"{folder}: re-signed ({len(listed)} files, key id {signing.key_id(signing.key())})"
+
+
 def read_meta(folder: Path) -> dict:
     return json.loads((folder / MANIFEST).read_text())["meta"]
 
 
 def pick_tag(ckpt_dir: Path, log=print) -> str | None:
     """The newest valid checkpoint: ``latest`` if it verifies, else the previous ones in turn.
-    Each refused checkpoint is reported with the reason; None if there is no checkpoint at all."""
+    Each refused checkpoint is reported with the reason; when an older one is taken instead, the
+    refused ones are moved aside (``set_aside``) so that the phase can save those steps again.
+    None if there is no checkpoint at all."""
     ckpt_dir = Path(ckpt_dir)
     tags = cadence.step_tags(ckpt_dir)[::-1]
     latest = latest_tag(ckpt_dir)
@@ -150,30 +191,65 @@ def pick_tag(ckpt_dir: Path, log=print) -> str | None:
         why = verify(ckpt_dir / tag)
         if why is None:
             log(f"[growclip_ds] resuming from {ckpt_dir / tag}{' instead' if refused else ''}")
+            if refused:
+                set_aside(ckpt_dir, [t for t, _ in refused], tag, log)
             return tag
-        refused.append(why)
+        refused.append((tag, why))
         log(f"[growclip_ds] refusing checkpoint {ckpt_dir / tag}: {why}")
     if refused:
-        raise CheckpointError(f"{ckpt_dir}: no valid checkpoint ({'; '.join(refused)}); "
+        raise CheckpointError(f"{ckpt_dir}: no valid checkpoint ({'; '.join(w for _, w in refused)}); "
                               "delete the folder to restart the phase from its initial weights")
     return None
 
 
+def set_aside(ckpt_dir: Path, tags: list[str], latest: str, log=print) -> Path:
+    """Move refused checkpoints (and their universal conversions) to ``<ckpt_dir>/refused/`` and
+    point ``latest`` at the one resumed: nothing is deleted, and training can save those steps anew."""
+    dest = Path(ckpt_dir) / REFUSED
+    dest.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for tag in tags:
+        for src in (Path(ckpt_dir) / tag, Path(ckpt_dir) / f"{tag}_universal"):
+            if src.exists():
+                os.replace(src, dest / f"{src.name}.{stamp}")
+    atomic_write_text(Path(ckpt_dir) / "latest", latest)
+    log(f"[growclip_ds] moved the refused checkpoint(s) {', '.join(tags)} to {dest} (kept for inspection; "
+        f"delete them when done); `latest` is now {latest}")
+    return dest
+
+
 def resume(engine, ckpt_dir: Path, tag: str | None, universal: bool = False) -> dict | None:
     """Load checkpoint ``tag`` (from ``pick_tag``) into the engine; returns our metadata or None.
-    ``universal``: ``tag`` was saved at another world size; load its universal conversion."""
+    ``universal``: ``tag`` was saved at another world size; load its universal conversion, which is
+    signed like a checkpoint when written and verified before DeepSpeed reads it."""
     if tag is None:
         return None
     load_tag = tag
     if universal:
-        load_tag = f"{tag}_universal"
-        universal_ckpt.convert(ckpt_dir, tag, load_tag)
+        load_tag = universal_conversion(Path(ckpt_dir), tag)
     path, _ = engine.load_checkpoint(str(ckpt_dir), tag=load_tag)
     if path is None:
         raise CheckpointError(f"{Path(ckpt_dir) / load_tag}: DeepSpeed could not load it")
     if universal:
         universal_ckpt.check_loaded(engine, Path(ckpt_dir) / load_tag)
     return read_meta(Path(ckpt_dir) / tag)
+
+
+def universal_conversion(ckpt_dir: Path, tag: str) -> str:
+    """The tag of ``tag``'s universal conversion: rank 0 keeps one that verifies, else (absent, half
+    written, tampered) converts again from the verified checkpoint and signs the result."""
+    out = f"{tag}_universal"
+    if rank_world()[0] == 0:
+        why = verify(ckpt_dir / out) if (ckpt_dir / out).exists() else "absent"
+        if why != "absent" and why is not None:
+            print(f"[growclip_ds] refusing {ckpt_dir / out}: {why}; converting again", flush=True)
+        if why is not None:
+            if verify(ckpt_dir / tag) is not None:
+                raise CheckpointError(f"refusing to convert {ckpt_dir / tag}: {verify(ckpt_dir / tag)}")
+            universal_ckpt.convert(ckpt_dir, tag, out)
+            write_manifest(ckpt_dir / out, out, {"universal_of": tag})
+    barrier()
+    return out
 
 
 def consolidated_state_dict(ckpt_dir: Path, tag: str | None = None) -> dict[str, torch.Tensor]:
@@ -209,6 +285,7 @@ def write_model(out_dir: Path, state_dict: dict, arch: ArchConfig, extra: dict |
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / (name + ".tmp")
     save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp))
+    fsync_path(tmp)
     faults.hit("consolidate")
     os.replace(tmp, out_dir / name)
     atomic_write_text(out_dir / rundir.ARCH,

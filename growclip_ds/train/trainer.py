@@ -146,9 +146,16 @@ class Trainer:
         if phase.init_state is not None:
             model.load_state_dict(phase.init_state, strict=True)
         model.set_grad_checkpointing(t.grad_checkpointing)
-        tag = [checkpoint.pick_tag(self.ckpt_dir) if self.rank == 0 else None]   # one rank verifies the files
+        tag = [None, None]   # one rank verifies the files; every rank gets its choice, or its refusal
+        if self.rank == 0:
+            try:
+                tag[0] = checkpoint.pick_tag(self.ckpt_dir)
+            except checkpoint.CheckpointError as e:
+                tag[1] = str(e)
         if self.world > 1:
             torch.distributed.broadcast_object_list(tag, src=0)
+        if tag[1]:
+            raise checkpoint.CheckpointError(tag[1])
         self.tag = tag[0]
         saved_world = universal.saved_world(checkpoint.read_meta(self.ckpt_dir / self.tag)) if self.tag else self.world
         self.resized = saved_world != self.world and t.zero_stage > 0   # ZeRO partitions: a universal conversion

@@ -1,7 +1,7 @@
 """Resume a phase at another world size through DeepSpeed universal checkpoints.
 
 A ZeRO checkpoint is cut into per-rank partitions, so plain ``load_checkpoint`` refuses another
-world size. Rank 0 converts the checkpoint once (``ds_to_universal``: one folder per parameter
+world size. Rank 0 converts the (verified) checkpoint once (``ds_to_universal``: one folder per parameter
 with its fp32 weights and optimizer moments) into ``<tag>_universal/``, and the new engine,
 configured with ``checkpoint.load_universal``, re-partitions it. A known failure of that path is a
 load that silently leaves the fresh initialization in place, so ``check_loaded`` compares what the
@@ -19,9 +19,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..distributed import barrier, rank_world
-
-DONE = "growclip_universal_done"
 
 
 def saved_world(meta: dict) -> int:
@@ -30,24 +27,22 @@ def saved_world(meta: dict) -> int:
 
 
 def convert(ckpt_dir: Path, tag: str, out_tag: str) -> Path:
-    """Rank 0 writes ``<ckpt_dir>/<out_tag>`` once (resumable: a half-done conversion is redone)."""
+    """Convert ``<ckpt_dir>/<tag>`` (verified by the caller) into ``<ckpt_dir>/<out_tag>``: written under a
+    temporary name, then renamed; the caller signs it (``checkpoint.universal_conversion``)."""
     src, out = Path(ckpt_dir) / tag, Path(ckpt_dir) / out_tag
-    if rank_world()[0] == 0 and not (out / DONE).exists():
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        print(f"[growclip_ds] world size changed: converting {src} to a universal checkpoint", flush=True)
-        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(src),
-               "--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "1",
-               "--num_merge_workers", "1"]
-        res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DS_ACCELERATOR": "cpu"})
-        if res.returncode:
-            raise RuntimeError(f"ds_to_universal failed on {src} (exit {res.returncode}):\n{res.stderr[-2000:]}")
-        for f in src.glob("mp_rank_*_model_states.pt"):   # the engine reads its module states from here
-            shutil.copy2(f, tmp / f.name)
-        (tmp / DONE).write_text(tag)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    barrier()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"[growclip_ds] world size changed: converting {src} to a universal checkpoint", flush=True)
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(src),
+           "--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "1",
+           "--num_merge_workers", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    if res.returncode:
+        raise RuntimeError(f"ds_to_universal failed on {src} (exit {res.returncode}):\n{res.stderr[-2000:]}")
+    for f in src.glob("mp_rank_*_model_states.pt"):   # the engine reads its module states from here
+        shutil.copy2(f, tmp / f.name)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
     return out
 
 
