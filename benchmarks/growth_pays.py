@@ -8,6 +8,8 @@
         --set train.seed=S --set growth.select=compute ... --out runs/gp-var/NAME/sS
     # 3. the summary: per step mean and spread over seeds, the frontier plot, variants on the selection split
     python benchmarks/growth_pays.py runs/gp --variants runs/gp-var --out docs/results/growth_pays_cpu2_DATE
+    # a variant added later, to an earlier summary (its method rows and variants kept)
+    python benchmarks/growth_pays.py --previous docs/results/.../summary.json --variants runs/gp-var2 --out DIR
 
 Writes ``summary.json`` ({"protocol", "rows", "variants", "efficiency"}), ``frontier.md`` (tables) and
 ``frontier.png`` (mean top-1 against cumulative training TFLOP, error bars = min..max over seeds).
@@ -39,7 +41,7 @@ def selection_top1(step_dir: Path) -> float:
     from growclip_ds.data.tokenizer import load_tokenizer
     from growclip_ds.eval.evaluate import EvalSets, evaluate, selection_accuracy
     from growclip_ds.factory import build
-    from growclip_ds.train.checkpoint import read_model
+    from growclip_ds.model_folder import read_model
 
     cfg = RunConfig.from_dict(json.loads((step_dir / "config.json").read_text()))
     sd, arch = read_model(step_dir)
@@ -180,16 +182,21 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", help="folder of seed folders s0, s1, ... each a reproduce.py --match flops output")
+    ap.add_argument("runs", nargs="?", default="",
+                    help="folder of seed folders s0, s1, ... each a reproduce.py --match flops output")
     ap.add_argument("--variants", default="", help="folder of variant folders, each holding seed folders")
+    ap.add_argument("--previous", default="", metavar="SUMMARY",
+                    help="an earlier summary.json: its method rows (when no RUNS are given) and variants are kept, "
+                         "variants measured now are added (the same name: replaced)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    rows = []
-    for seed, folder in seeds_of(Path(args.runs)).items():
+    prev = json.loads(Path(args.previous).read_text()) if args.previous else {"rows": [], "variants": {}}
+    rows = [] if args.runs else prev["rows"]
+    for seed, folder in (seeds_of(Path(args.runs)).items() if args.runs else ()):
         for m in METHODS:
             if (folder / m).exists():
                 rows += run_rows(m, seed, folder / m, m == "growclip")
-    variants = {}
+    variants = dict(prev["variants"])
     if args.variants:
         for v in sorted(Path(args.variants).iterdir()):
             vr = [r for seed, folder in seeds_of(v).items() if (folder / "growclip").exists()

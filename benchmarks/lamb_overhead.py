@@ -87,15 +87,17 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         return worker(args)
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
+    from growclip_ds.local_launch import local_command, local_env
+
+    env = local_env()
     res = {"exact": {"step": [], "opt": []}, "naive": {"step": [], "opt": []}}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             for mode in ("exact", "naive"):
                 out = Path(tmp) / f"{mode}{r}.json"
-                cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.ranks),
-                       "--master_port", str(29900 + r * 2 + (mode == "naive")), __file__, "--worker", "--mode", mode,
-                       "--out", str(out), "--config", args.config, "--zero", str(args.zero), "--steps", str(args.steps)]
+                cmd = local_command([__file__, "--worker", "--mode", mode, "--out", str(out), "--config", args.config,
+                                     "--zero", str(args.zero), "--steps", str(args.steps)], args.ranks,
+                                    29900 + r * 2 + (mode == "naive"), launcher="torchrun")
                 subprocess.run(cmd, env=env, check=True, capture_output=True)
                 for k, v in json.loads(out.read_text()).items():
                     res[mode][k] += v

@@ -43,7 +43,7 @@ def child(head_dim: int, tmp: Path) -> dict:
     from growclip_ds.growth import space
     from growclip_ds.growth.pim import pim
     from growclip_ds.model import GrowCLIP, param_count
-    from growclip_ds.train import checkpoint
+    from growclip_ds import model_folder
     from growclip_ds.rundir import GROWTHS, RunDir
     from growclip_ds.train.engine import build_engine
 
@@ -52,25 +52,25 @@ def child(head_dim: int, tmp: Path) -> dict:
     old_arch = cfg.arch
     new_arch = space.supernet(old_arch, cfg.growth)
     run = RunDir(tmp)
-    checkpoint.write_model(run.step(1).path, GrowCLIP(old_arch, seed=0).state_dict(), old_arch)
+    model_folder.write_model(run.step(1).path, GrowCLIP(old_arch, seed=0).state_dict(), old_arch)
     gc.collect()
     reset_high_water()
     base = rss_high_water()
     t0 = time.perf_counter()
-    sd, arch = checkpoint.read_model(run.step(1).path)
+    sd, arch = model_folder.read_model(run.step(1).path)
     t1 = time.perf_counter()
     grown = pim(sd, arch, new_arch, seed=1)
     t2 = time.perf_counter()
     del sd
     grown_dir = run.step(2).phase(GROWTHS[0]).path
-    checkpoint.write_model(grown_dir, grown, new_arch)
+    model_folder.write_model(grown_dir, grown, new_arch)
     pim_s = time.perf_counter() - t0
     parts = {"read_s": t1 - t0, "pim_fn_s": t2 - t1, "write_s": pim_s - (t2 - t0)}
     pim_peak = rss_high_water() - base
     del grown
     gc.collect()
     t0 = time.perf_counter()
-    sd, arch = checkpoint.read_model(grown_dir)
+    sd, arch = model_folder.read_model(grown_dir)
     model = GrowCLIP(arch, seed=None)
     model.load_state_dict(sd)
     del sd

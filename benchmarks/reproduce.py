@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO, machine  # noqa: E402
-from growclip_ds.cli import launch_env  # noqa: E402
+from growclip_ds.local_launch import local_command, local_env  # noqa: E402
 from growclip_ds.compare import TABLE5  # noqa: E402
 from growclip_ds.config import load_config  # noqa: E402
 from growclip_ds.eval.sets import list_sets  # noqa: E402
@@ -197,12 +197,11 @@ class Runner:
                 "--run-dir", str(self.out / name), "--no-progress", *r.args] + sum((["--set", s] for s in sets), [])
         if a.ranks == 1:
             return [sys.executable] + grow
-        return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(a.ranks),
-                "--master_port", str(a.port + 10 * slot)] + grow
+        return local_command(grow, a.ranks, a.port + 10 * slot)
 
     def start(self, name: str, step: int, slot: int) -> subprocess.Popen:
         self.prepare(name, step)
-        env = launch_env()
+        env = local_env()
         env.update(MASTER_PORT=str(self.args.port + 10 * slot), OMP_NUM_THREADS=str(self.threads))
         cmd = self.command(name, step, slot)
         with open(self.out / "logs" / f"{name}_step{step}.log", "w") as log:
@@ -292,7 +291,7 @@ def main() -> int:
     last = args.steps or cfg.data.num_steps
     if not (Path(cfg.data.root) / "manifest.parquet").exists():
         subprocess.run([sys.executable, "-m", "growclip_ds.cli", "data", "make", "--config", args.config]
-                       + sum((["--set", s] for s in sets), []), check=True, env=launch_env())
+                       + sum((["--set", s] for s in sets), []), check=True, env=local_env())
     if "patching" in methods and not any(s.kind == "retrieval" for s in list_sets(cfg.data.root, cfg.data.eval,
                                                                                 "selection")):
         raise SystemExit(f"no selection retrieval set in {cfg.data.root}/eval/sets.json or data.eval, which "

@@ -331,14 +331,10 @@ def main() -> None:
     args = p.parse_args()
     if "RANK" in os.environ:
         return worker(args)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    import torch
+    from growclip_ds.local_launch import local_command, local_env
 
-    if not torch.cuda.is_available():
-        env["DS_ACCELERATOR"] = "cpu"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.ranks),
-           "--master_port", str(args.master_port), __file__] + sys.argv[1:]
-    sys.exit(subprocess.run(cmd, env=env).returncode)
+    cmd = local_command([__file__] + sys.argv[1:], args.ranks, args.master_port, launcher="torchrun")
+    sys.exit(subprocess.run(cmd, env=local_env()).returncode)
 
 
 if __name__ == "__main__":

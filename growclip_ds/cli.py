@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config
 from .data.manifest import MANIFEST
+from .local_launch import local_command, local_env
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]   # the folder holding growclip_ds (a checkout or site-packages)
 
 
 def _data_make(args) -> int:
@@ -66,7 +65,7 @@ def _eval(args) -> int:
     from .config import replace
     from .distributed import accelerator_device
     from .factory import build, run_tokenizer_dir
-    from .train.checkpoint import read_model
+    from .model_folder import read_model
     from .data.tokenizer import load_tokenizer
 
     cfg = load_config(args.config, args.set)
@@ -88,15 +87,6 @@ def _export(args) -> int:
     return 0
 
 
-def launch_env() -> dict:
-    from .distributed import accelerator_env
-
-    env = accelerator_env(dict(os.environ))   # no CPU default on a machine with a GPU
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    env["PYTHONPATH"] = f"{PACKAGE_ROOT}:{env.get('PYTHONPATH', '')}"
-    return env
-
-
 def _demo(args) -> int:
     cfg = load_config(args.config, args.set)
     run_dir = Path(args.run_dir or f"runs/{cfg.name}")
@@ -104,11 +94,10 @@ def _demo(args) -> int:
         _data_make(argparse.Namespace(config=args.config, set=args.set, root=None, force=False, seed=0))
     steps = range(1, (args.steps or cfg.data.num_steps) + 1)
     for step in steps:
-        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(args.ranks),
-               "--master_port", str(args.port), "--module", "growclip_ds.launch", "--step", str(step),
-               "--config", args.config, "--run-dir", str(run_dir)] + sum((["--set", s] for s in args.set), [])
+        cmd = local_command(["-m", "growclip_ds.launch", "--step", str(step), "--config", args.config, "--run-dir",
+                             str(run_dir)] + sum((["--set", s] for s in args.set), []), args.ranks, args.port)
         print("+", " ".join(cmd), flush=True)
-        rc = subprocess.call(cmd, env=launch_env())
+        rc = subprocess.call(cmd, env=local_env())
         if rc:
             print(f"step {step} failed with exit code {rc}; re-run the same command to resume", file=sys.stderr)
             return rc

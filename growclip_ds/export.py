@@ -192,7 +192,7 @@ def export(step_dir, fmt: str, out, tokenizer_dir=None) -> Path:
     """Write the model of a finished step folder to ``out`` (a new folder), with its tokenizer."""
     from .data.tokenizer import TextTokenizer
     from .factory import run_tokenizer_dir
-    from .train.checkpoint import read_model
+    from .model_folder import read_model
 
     if fmt not in FORMATS:
         raise ValueError(f"--format: must be one of {', '.join(FORMATS)} (got {fmt!r})")

@@ -38,7 +38,7 @@ def load(step_dir, device="cpu", tokenizer=None):
     """(model in eval mode on ``device``, image transform, tokenizer) of a finished step folder."""
     from .data.loader import image_transform
     from .data.tokenizer import TextTokenizer
-    from .train.checkpoint import read_model
+    from .model_folder import read_model
 
     state, arch = read_model(Path(step_dir))
     tok_dir = Path(tokenizer) if tokenizer else run_tokenizer_dir(step_dir)

@@ -46,7 +46,7 @@ from .fileio import atomic_write_text
 from .growth.pim import pim
 from .model.init import name_seed
 from .rundir import RunDir
-from .train import checkpoint
+from . import model_folder
 from .train.budget import step_flops
 from .train.trainer import Phase
 
@@ -126,10 +126,10 @@ def sap_init(cfg: RunConfig, prev_state: dict, arch, step: int) -> dict:
 def baseline_phase(cfg: RunConfig, recipe: Recipe, step: int, run: RunDir) -> Phase:
     """The single training phase of a non-growing method at step t >= 2."""
     manifest = Manifest.load(cfg.data.root)
-    prev_state, arch = checkpoint.read_model(run.step(step - 1).path)
+    prev_state, arch = model_folder.read_model(run.step(step - 1).path)
     init = {Init.SCRATCH: None, Init.PREVIOUS: prev_state}.get(recipe.init)
     if recipe.init == Init.SAP:
-        init = checkpoint.shared_state(run.step(step).phase("sap").path,
+        init = model_folder.shared_state(run.step(step).phase("sap").path,
                                        lambda: (sap_init(cfg, prev_state, arch, step), arch))
     if recipe.init == Init.SCRATCH:
         arch = cfg.arch
@@ -160,8 +160,8 @@ def patch_step(cfg: RunConfig, step: int, run: RunDir, progress: bool = True) ->
     from .factory import build
     from .data.tokenizer import load_tokenizer
 
-    old, arch = checkpoint.read_model(run.step(step - 1).path)
-    new, _ = checkpoint.read_model(run.step(step).phase("train").path)
+    old, arch = model_folder.read_model(run.step(step - 1).path)
+    new, _ = model_folder.read_model(run.step(step).phase("train").path)
     sets = EvalSets(cfg.data, arch.image_size, role="selection", kinds=("retrieval",))
     tok = load_tokenizer(cfg, arch)
     last = step - 1 if cfg.method.patch_select == "old" else step

@@ -36,6 +36,7 @@ from .growth.gas import run_gas
 from .growth.step import GrowthStep
 from .model.init import name_seed
 from .rundir import PIM1, PIM3, RunDir, StepDir
+from . import model_folder
 from .train import budget, checkpoint, nonfinite
 from .train.trainer import Phase, PhaseResult, run_phase
 
@@ -137,7 +138,7 @@ def _train(ctx: StepRun) -> PhaseResult:
         return res
     patch_next = recipe.patch and t > 1
     if patch_next and rank_world()[0] == 0:   # the trained model is the patch phase's input
-        checkpoint.write_model(ctx.step.phase("train").path, checkpoint.consolidated_state_dict(res.ckpt_dir), ph.arch)
+        model_folder.write_model(ctx.step.phase("train").path, checkpoint.consolidated_state_dict(res.ckpt_dir), ph.arch)
     ctx.mark_done("train", res)
     if not patch_next:
         finish_step(ctx.cfg, ctx.step, res.ckpt_dir, ph.arch, {"chosen_by": recipe.name} if t > 1 else None)
@@ -149,7 +150,7 @@ def _supernet_phase(ctx: StepRun, gs: GrowthStep, name: str, init: dict | None, 
     res = ctx.train(ctx.growth_phase(name, gs.super_arch, init, **kw))
     if not res.stopped:
         if rank_world()[0] == 0:
-            checkpoint.write_model(ctx.step.phase(name).path, checkpoint.consolidated_state_dict(res.ckpt_dir),
+            model_folder.write_model(ctx.step.phase(name).path, checkpoint.consolidated_state_dict(res.ckpt_dir),
                                    gs.super_arch)
         ctx.mark_done(name, res)
     return res
@@ -172,7 +173,7 @@ def _gas(ctx: StepRun) -> PhaseResult:
     from .model import param_count
 
     gs, cfg = ctx.growth(), ctx.cfg
-    sd, arch = checkpoint.read_model(gs.latest_supernet_dir())
+    sd, arch = model_folder.read_model(gs.latest_supernet_dir())
     model = build(sd, arch, accelerator_device())
     with torch.no_grad():
         idx, chosen = run_gas(model, gs.prev_arch, cfg.growth, selection_sets(cfg.data, arch.image_size),
@@ -197,7 +198,7 @@ def _final(ctx: StepRun) -> PhaseResult:
 
 def _patch(ctx: StepRun) -> PhaseResult:
     state, how = methods.patch_step(ctx.cfg, ctx.t, ctx.run, ctx.progress)
-    arch = checkpoint.read_arch(ctx.step.phase("train").path)
+    arch = model_folder.read_arch(ctx.step.phase("train").path)
     ctx.mark_done("patch", **how)
     finish_step(ctx.cfg, ctx.step, None, arch, {"chosen_by": "patching", "alpha": how["alpha"]}, state=state)
     return PhaseResult("patch", stopped=False)
@@ -230,12 +231,12 @@ def finish_step(cfg: RunConfig, step: StepDir, ckpt_dir, arch: ArchConfig, extra
         sd = state if state is not None else checkpoint.consolidated_state_dict(ckpt_dir)
         bad = nonfinite.nonfinite_tensors(sd)
         if not bad:
-            checkpoint.write_model(step.path, sd, arch, extra)
+            model_folder.write_model(step.path, sd, arch, extra)
     if any_ranks(bool(bad))[0]:
         raise nonfinite.NonFiniteError(f"{ckpt_dir or step.path}: the model to consolidate holds NaN/inf "
                                        f"({', '.join(bad[:3]) or 'see rank 0'}); not written, step not finished")
     barrier()
-    sd, arch = checkpoint.read_model(step.path)
+    sd, arch = model_folder.read_model(step.path)
     result = evaluate(build(sd, arch, accelerator_device()), EvalSets(cfg.data, arch.image_size), load_tokenizer(cfg, arch))
     step.write_eval(result)
     return result

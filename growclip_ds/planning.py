@@ -17,7 +17,7 @@ from .model.flops import forward_flops, image_flops, text_flops, train_flops
 from .growth.kept import describe as describe_kept
 from .pipeline import pending_phases
 from .rundir import RunDir
-from .train.checkpoint import read_arch
+from .model_folder import read_arch
 from .train.budget import growth_shares, step_flops
 from .train.schedule import plan_steps
 

@@ -114,9 +114,13 @@ class StepDir:
         return read_json(self.choice_file)
 
     def write_choice(self, arch, how: str, index: int) -> None:
-        from .model import param_count
+        """The chosen architecture, as the step's ``arch.json`` (model_folder.write_arch: its one writer)."""
+        from .distributed import barrier, rank_world
+        from .model_folder import write_arch
 
-        write_json(self.choice_file, {**arch.to_dict(), "params": param_count(arch), "chosen_by": how, "index": index})
+        if rank_world()[0] == 0:
+            write_arch(self.path, arch, {"chosen_by": how, "index": index})
+        barrier()
 
     def phase_records(self) -> list[dict]:
         """done.json of every finished phase and growth of this step, in folder-name order."""

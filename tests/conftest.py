@@ -1,9 +1,10 @@
 """Shared fixtures: a tiny built-in corpus made once per test session, and helpers to launch ranks."""
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,29 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 # as in an activated venv: DeepSpeed's JIT ops are built by the `ninja` first on PATH, and the venv's
 # ninja and the system's hash build commands differently, so mixing them rebuilds shm_comm (70-130 s)
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+from growclip_ds.local_launch import free_port, local_command, local_env  # noqa: E402,F401 (free_port: for tests)
+
+
+# A test that starts processes (a launcher, ranks, a batch script, a wheel install), itself or through a
+# fixture, is marked `launch`; the quick tier is the rest: `pytest -m "not launch"` (no multi-rank start).
+_STARTS = re.compile(r"\b(launch|start|run_bounded|sbatch_as_bash|_two_nodes|_run)\(|torch\.distributed\.run")
+
+
+def _starts_processes(fn) -> bool:
+    try:
+        return bool(_STARTS.search(inspect.getsource(fn)))
+    except (OSError, TypeError):
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        defs = getattr(item, "_fixtureinfo", None)
+        fns = [getattr(item, "function", None)] + [d.func for ds in (defs.name2fixturedefs.values() if defs else [])
+                                                    for d in ds]
+        if any(_starts_processes(f) for f in fns if f is not None):
+            item.add_marker(pytest.mark.launch)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -59,22 +83,9 @@ class PicklePayload:
         return (open, (str(self.marker), "w"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch_cmd(args: list[str], ranks: int, launcher: str, env: dict | None) -> tuple[list[str], dict]:
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
-    script = str(REPO / "launchers" / "grow.py")
-    if launcher == "deepspeed":
-        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(ranks),
-               "--master_port", str(free_port()), script]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-               "--master_port", str(free_port()), script]
-    return cmd + args + ["--no-progress"], env
+    env = local_env(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", **(env or {}))
+    return local_command([str(REPO / "launchers" / "grow.py"), *args, "--no-progress"], ranks, launcher=launcher), env
 
 
 def start(args: list[str], ranks: int = 2, env: dict | None = None) -> subprocess.Popen:

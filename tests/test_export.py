@@ -9,7 +9,7 @@ from growclip_ds.config import load_config
 from growclip_ds.data.tokenizer import TextTokenizer, train_bpe
 from growclip_ds.export import export
 from growclip_ds.model import GrowCLIP
-from growclip_ds.train.checkpoint import write_model
+from growclip_ds.model_folder import write_model
 
 CLIP_TOWERS = ["arch.stem=patch", "arch.stem_channels=0", "arch.img_conv_layers=0", "arch.tower=clip",
                "growth.delta_shared_blocks=0", "growth.delta_conv_layers=0", "arch.img_blocks=3"]

@@ -12,7 +12,8 @@ from growclip_ds.distributed import accelerator_device
 from growclip_ds.growth import space
 from growclip_ds.growth.pim import pim
 from growclip_ds.model.init import name_seed
-from growclip_ds.train.checkpoint import consolidated_state_dict, read_model
+from growclip_ds.model_folder import read_model
+from growclip_ds.train.checkpoint import consolidated_state_dict
 from growclip_ds.train.schedule import warmup_for
 from tests.conftest import launch
 

@@ -1,22 +1,19 @@
 """PartitionedLamb under ZeRO-1/2/3 at 2 and 3 ranks equals unpartitioned timm LAMB in one process;
 timm's LAMB as a plain client optimizer under ZeRO does not. Seven launches, ~1 min."""
-import os
 import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, local_command, local_env
 from tests.lamb_worker import LR, STEPS, WD, batch, groups, make_model
 
 
 def _run(stage, world, mode, tmp_path):
     out = tmp_path / f"{mode}_z{stage}_w{world}.pt"
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
-                        "--master_port", str(free_port()), str(REPO / "tests" / "lamb_worker.py"), str(stage), mode,
-                        str(out)], env=env, capture_output=True, text=True, timeout=300)
+    cmd = local_command([str(REPO / "tests" / "lamb_worker.py"), str(stage), mode, str(out)], world, launcher="torchrun")
+    p = subprocess.run(cmd, env=local_env(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                       timeout=300)
     assert p.returncode == 0, p.stderr[-4000:]
     return torch.load(out)
 

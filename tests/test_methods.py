@@ -19,7 +19,7 @@ from growclip_ds.loss import lwf_kl
 from growclip_ds.model import GrowCLIP
 from growclip_ds.model.init import normal_std
 from growclip_ds.model.roles import Role, arch_specs
-from growclip_ds.train import checkpoint
+from growclip_ds import model_folder
 from tests.conftest import launch
 
 
@@ -80,14 +80,14 @@ def prev_run(tmp_path_factory, tiny_data):
     """A run folder whose step 1 is a (randomly initialised) consolidated model."""
     cfg = replace(PRESETS["tiny"], data=replace(PRESETS["tiny"].data, root=str(tiny_data)))
     run = tmp_path_factory.mktemp("prev")
-    checkpoint.write_model(run / "step1", GrowCLIP(cfg.arch, seed=5).state_dict(), cfg.arch)
+    model_folder.write_model(run / "step1", GrowCLIP(cfg.arch, seed=5).state_dict(), cfg.arch)
     return cfg, run
 
 
 def test_recipes_start_from_the_right_weights_and_data(prev_run):
     cfg, run = prev_run
     rd = RunDir(run)
-    prev, arch = checkpoint.read_model(rd.step(1).path)
+    prev, arch = model_folder.read_model(rd.step(1).path)
     twp = methods.baseline_phase(cfg, methods.get("twp"), 2, rd)
     assert all(torch.equal(twp.init_state[k], prev[k]) for k in prev) and twp.num_samples is None
     assert methods.baseline_phase(cfg, methods.get("tfs"), 2, rd).init_state is None

@@ -15,7 +15,7 @@ from ..distributed import accelerator_device, rank_world
 from ..factory import build
 from ..model.init import name_seed
 from ..rundir import PIM1, PIM3, RunDir
-from ..train import checkpoint
+from .. import model_folder
 from . import space
 from .kept import describe as describe_kept, measure_kept
 from .pim import pim
@@ -26,7 +26,7 @@ class GrowthStep:
     def __init__(self, cfg: RunConfig, step: int, run: RunDir, ablate: set, fresh: bool = False):
         self.cfg, self.t, self.run, self.ablate, self.fresh = cfg, step, run, ablate, fresh
         self.dir, self.prev = run.step(step), run.step(step - 1)
-        self.prev_arch = checkpoint.read_arch(self.prev.path)
+        self.prev_arch = model_folder.read_arch(self.prev.path)
         self.super_arch = space.supernet(self.prev_arch, cfg.growth)
         self.manifest = Manifest.load(cfg.data.root)
         self.n_prev, self.n_now = self.manifest.num_samples(step - 1), self.manifest.num_samples(step)
@@ -49,7 +49,7 @@ class GrowthStep:
         return {"inherit": "pim", "beta": g.beta, "gamma": g.gamma, "scope": g.pim_scope}
 
     def _grow(self, src_dir, src_arch: ArchConfig, dst: ArchConfig, which: str):
-        sd, _ = checkpoint.read_model(src_dir)
+        sd, _ = model_folder.read_model(src_dir)
         how, seed = self.inheritance(which), self.pim_seed(which)
         if how["inherit"] == "preserve":
             return preserve(sd, src_arch, dst, seed, how["gamma"]), dst
@@ -60,13 +60,13 @@ class GrowthStep:
         """PIM@1 / PIM@3's output, computed once by rank 0 and loaded by every rank; the first time,
         what it keeps of the source is measured and recorded as the growth's done record."""
         folder = self.dir.phase(which)
-        state = checkpoint.shared_state(folder.path, lambda: self._grow(src_dir, src_arch, dst, which))
+        state = model_folder.shared_state(folder.path, lambda: self._grow(src_dir, src_arch, dst, which))
         flag = [folder.finished if rank_world()[0] == 0 else None]
         if rank_world()[1] > 1:
             torch.distributed.broadcast_object_list(flag, src=0)
         if not flag[0]:
             t0 = time.time()
-            old = build(checkpoint.read_model(src_dir)[0], src_arch, accelerator_device())
+            old = build(model_folder.read_model(src_dir)[0], src_arch, accelerator_device())
             old.set_arch(dst if which == PIM3 else src_arch)   # PIM@3: the choice as it was inside the supernet
             kept = measure_kept(old, build(state, dst, accelerator_device()), self.fixed_batch(), self.selection_sets(),
                                 self.tok)
@@ -111,7 +111,7 @@ class GrowthStep:
         return self.dir.phase(PIM1).path
 
     def latest_supernet(self) -> dict:
-        return checkpoint.read_model(self.latest_supernet_dir())[0]
+        return model_folder.read_model(self.latest_supernet_dir())[0]
 
     def sampler(self, check_every: int):
         from .sampling import SubnetSampler
@@ -120,4 +120,4 @@ class GrowthStep:
 
     def choice(self) -> ArchConfig:
         d = self.dir.read_choice()
-        return ArchConfig.from_dict({k: v for k, v in d.items() if k in ArchConfig.__dataclass_fields__})
+        return model_folder.arch_from_record(d, str(self.dir.choice_file))

@@ -4,8 +4,8 @@
   (size and keyed hash of every file, metadata; ``signing``), then ``latest``; resume takes the
   newest checkpoint that verifies and says which it refused and why. Nothing is unpickled from a
   folder whose manifest does not verify. At another world size it loads a universal conversion.
-- a model folder (``rundir.MODEL`` + ``rundir.ARCH``, e.g. ``<run>/step<t>``): all ZeRO partitions merged by DeepSpeed's
-  zero_to_fp32 machinery, written under a temporary name and then ``os.replace``d.
+- ``consolidated_state_dict``: all ZeRO partitions of a verified checkpoint merged by DeepSpeed's
+  zero_to_fp32 machinery, for a model folder (``growclip_ds/model_folder.py``).
 """
 from __future__ import annotations
 
@@ -17,14 +17,11 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from .. import faults, rundir
-from ..config import ArchConfig
+from .. import faults
 from ..distributed import any_rank, barrier, rank_world
 from ..fileio import atomic_write_text, fsync_path
-from ..model import param_count
-from . import cadence, nonfinite, signing
+from . import cadence, signing
 from . import universal as universal_ckpt
 
 
@@ -271,52 +268,3 @@ def consolidated_state_dict(ckpt_dir: Path, tag: str | None = None) -> dict[str,
         states = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
         sd = states["module"]
     return {k: v.detach().float().contiguous() for k, v in sd.items()}
-
-
-def write_model(out_dir: Path, state_dict: dict, arch: ArchConfig, extra: dict | None = None) -> None:
-    """A model folder: the weights (safetensors) + the architecture (JSON: its fields, "params" and
-    ``extra``), each written atomically; file names from ``rundir``."""
-    name = rundir.MODEL
-    out_dir = Path(out_dir)
-    bad = nonfinite.nonfinite_tensors(state_dict)
-    if bad:
-        raise nonfinite.NonFiniteError(f"{out_dir / name}: not written, {len(bad)} tensor(s) hold NaN/inf "
-                                       f"(first: {bad[0]}); a diverged model is never consolidated")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / (name + ".tmp")
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp))
-    fsync_path(tmp)
-    faults.hit("consolidate")
-    os.replace(tmp, out_dir / name)
-    atomic_write_text(out_dir / rundir.ARCH,
-                      json.dumps({**arch.to_dict(), "params": param_count(arch), **(extra or {})}, indent=1))
-
-
-def read_arch(model_dir: Path) -> ArchConfig:
-    path = Path(model_dir) / rundir.ARCH
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {model_dir} a finished growth step?")
-    d = json.loads(path.read_text())
-    fields = set(ArchConfig.__dataclass_fields__)
-    return ArchConfig.from_dict({k: v for k, v in d.items() if k in fields}, str(path)).validate()
-
-
-def read_model(model_dir: Path) -> tuple[dict, ArchConfig]:
-    """Load a consolidated model folder without executing code (safetensors + JSON)."""
-    model_dir = Path(model_dir)
-    arch = read_arch(model_dir)
-    path = model_dir / rundir.MODEL
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {model_dir} a finished step?")
-    return load_file(str(path)), arch
-
-
-def shared_state(folder: Path, make) -> dict:
-    """A starting state dict (PIM, SAP) that rank 0 computes with ``make() -> (state, arch)`` and
-    writes as a model folder; every rank then loads the same file."""
-    path = Path(folder) / rundir.MODEL
-    if rank_world()[0] == 0 and not path.exists():
-        sd, arch = make()
-        write_model(path.parent, sd, arch, {"role": "initial weights"})
-    barrier()
-    return load_file(str(path))

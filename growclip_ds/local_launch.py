@@ -1,0 +1,51 @@
+"""The one way this project starts ranks on the local machine: ``growclip-ds demo``, benchmarks/
+reproduce.py, throughput.py, lamb_overhead.py and the tests all build their commands here.
+
+    cmd = local_command(["launchers/grow.py", "--step", "1"], ranks=2)          # DeepSpeed's launcher
+    cmd = local_command(["-m", "growclip_ds.launch", "--step", "1"], ranks=2)   # the installed module
+    cmd = local_command(["worker.py"], ranks=3, launcher="torchrun")
+    subprocess.run(cmd, env=local_env())
+
+Multi-node launches (hostfile, SLURM) are launchers/slurm/'s; a world of 1 can also be a plain
+``python launchers/grow.py`` (the launch module starts a process group of one by itself).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]   # the folder holding growclip_ds (a checkout or site-packages)
+LAUNCHERS = ("deepspeed", "torchrun")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for a rendezvous that must not meet another job's)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def local_command(target: list[str], ranks: int, port: int | None = None, launcher: str = "deepspeed") -> list[str]:
+    """``target`` (a script and its arguments, or ``["-m", module, ...]``) on ``ranks`` local ranks."""
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher: one of {LAUNCHERS} (got {launcher!r})")
+    port = str(port or free_port())
+    module = target[:1] == ["-m"]
+    if launcher == "deepspeed":
+        head = ["-m", "deepspeed.launcher.runner", "--num_accelerators", str(ranks), "--master_port", port]
+        return [sys.executable, *head, *(["--module", *target[1:]] if module else target)]
+    head = ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", port]
+    return [sys.executable, *head, *(["--module", *target[1:]] if module else target)]
+
+
+def local_env(base: dict | None = None, **extra: str) -> dict:
+    """The environment of local ranks: the accelerator (CPU where there is no GPU), this Python's bin first
+    on PATH (DeepSpeed's JIT ops are built by the first ``ninja`` there), the package importable."""
+    from .distributed import accelerator_env
+
+    env = accelerator_env(dict(os.environ if base is None else base))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = f"{PACKAGE_ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    return {**env, **extra}

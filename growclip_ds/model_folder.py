@@ -1,0 +1,81 @@
+"""A model folder: ``model.safetensors`` (full fp32 weights) + ``arch.json`` (the architecture's fields,
+its parameter count and how it came to be), e.g. ``<run>/step<t>``. The one format every hand-off
+uses: between phases, steps, world sizes and ZeRO stages, and to ``growclip_ds.load`` and export.
+Nothing here unpickles: weights are safetensors, the architecture is JSON.
+
+    write_model(folder, state_dict, arch, {"chosen_by": "gas"})
+    state_dict, arch = read_model(folder)
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from . import faults
+from .config import ArchConfig
+from .distributed import barrier, rank_world
+from .fileio import atomic_write_text, fsync_path
+from .rundir import ARCH, MODEL
+
+
+def arch_from_record(record: dict, where: str = "arch") -> ArchConfig:
+    """The architecture in an ``arch.json`` record (which also holds params and how it was chosen)."""
+    fields = set(ArchConfig.__dataclass_fields__)
+    return ArchConfig.from_dict({k: v for k, v in record.items() if k in fields}, where).validate()
+
+
+def write_arch(folder: Path, arch: ArchConfig, extra: dict | None = None) -> None:
+    """``arch.json``, atomically: the only writer of that file."""
+    from .model import param_count
+
+    atomic_write_text(Path(folder) / ARCH,
+                      json.dumps({**arch.to_dict(), "params": param_count(arch), **(extra or {})}, indent=1))
+
+
+def write_model(folder: Path, state_dict: dict, arch: ArchConfig, extra: dict | None = None) -> None:
+    """Weights then architecture, each atomically (the weights fsynced before their rename). A state
+    holding NaN/inf is refused: a diverged model is never written."""
+    from .train.nonfinite import NonFiniteError, nonfinite_tensors
+
+    folder = Path(folder)
+    bad = nonfinite_tensors(state_dict)
+    if bad:
+        raise NonFiniteError(f"{folder / MODEL}: not written, {len(bad)} tensor(s) hold NaN/inf "
+                             f"(first: {bad[0]}); a diverged model is never consolidated")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{MODEL}.{os.getpid()}.tmp"
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp))
+    fsync_path(tmp)
+    faults.hit("consolidate")
+    os.replace(tmp, folder / MODEL)
+    write_arch(folder, arch, extra)
+
+
+def read_arch(folder: Path) -> ArchConfig:
+    path = Path(folder) / ARCH
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {folder} a finished growth step?")
+    return arch_from_record(json.loads(path.read_text()), str(path))
+
+
+def read_model(folder: Path) -> tuple[dict, ArchConfig]:
+    folder = Path(folder)
+    arch = read_arch(folder)
+    path = folder / MODEL
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {folder} a finished step?")
+    return load_file(str(path)), arch
+
+
+def shared_state(folder: Path, make) -> dict:
+    """A starting state dict (PIM, SAP) that rank 0 computes with ``make() -> (state, arch)`` and
+    writes as a model folder; every rank then loads the same file."""
+    path = Path(folder) / MODEL
+    if rank_world()[0] == 0 and not path.exists():
+        sd, arch = make()
+        write_model(path.parent, sd, arch, {"role": "initial weights"})
+    barrier()
+    return load_file(str(path))
