@@ -8,6 +8,8 @@
 
     growclip-ds export runs/vitb/step1 --format open_clip --out exported/oc
     model, _, preprocess = open_clip.create_model_and_transforms("local-dir:exported/oc")
+    tokenize = open_clip.get_tokenizer("local-dir:exported/oc")      # the folder's tokenizer: our ids
+    clip_benchmark eval --model local-dir:exported/oc --dataset wds/colour --dataset_root data/builtin/eval/zero_shot/colour
 
 Only CLIP's own function can be written: a patch stem, CLIP's towers (``arch.tower=clip``) and no
 shared blocks, i.e. the ``vit-b-16`` preset and any run trained with those settings; anything else
@@ -16,7 +18,8 @@ is refused with the field that does not fit. The exported models compute the sam
 
 Token ids stay growclip_ds's (the tokenizer's + 1, 0 pads): the folder holds a tokenizer with those
 ids that adds the start and end tokens itself, so the call above gives exactly what the model was
-trained on (with open_clip, tokenise with that tokenizer too). Keeping the shift also keeps Hugging
+trained on; the open_clip config names it (``text_cfg.hf_tokenizer_name``), so ``open_clip.get_tokenizer``
+returns it, and so do the tools built on open_clip (CLIP_benchmark). Keeping the shift also keeps Hugging
 Face's text pooling off its legacy ``eos_token_id == 2`` path.
 """
 from __future__ import annotations
@@ -163,7 +166,11 @@ def open_clip_config(arch: ArchConfig, tokenizer) -> dict:
                             "head_width": arch.head_dim, "mlp_ratio": arch.mlp_ratio, "patch_size": arch.patch_size},
              "text_cfg": {"context_length": arch.context_length, "vocab_size": arch.vocab_size,
                           "width": arch.txt_width, "heads": arch.txt_heads, "layers": arch.txt_blocks,
-                          "mlp_ratio": arch.mlp_ratio, "pool_type": "eos", "eos_id": tokenizer.eos_token_id}}
+                          "mlp_ratio": arch.mlp_ratio, "pool_type": "eos", "eos_id": tokenizer.eos_token_id,
+                          # open_clip.get_tokenizer("local-dir:DIR") (CLIP_benchmark, most open_clip tools) then
+                          # loads the tokenizer saved in DIR: our ids, not CLIP's BPE. On the Hub, put the
+                          # repository id here (open_clip loads hf-hub: tokenizers by this name)
+                          "hf_tokenizer_name": "./"}}
     return {"model_cfg": model, "preprocess_cfg": {"mean": list(MEAN), "std": list(STD), "interpolation": "bicubic",
                                                    "resize_mode": "shortest"}}
 

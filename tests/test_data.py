@@ -62,9 +62,9 @@ def test_split_carves_disjoint_heldout_sets_never_trained_on(tiny_data, tmp_path
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name in before} == before   # user files untouched
     assert [len(a.shards([t])) for t in range(1, 5)] == [len(m.entries) // 4] * 4
     held = {s["__key__"]: s for s in wds.tariterators.tarfile_samples(
-        iter({"url": str(p)} for p in sorted((folder / "eval").glob("*/retrieval/*.tar"))))}
-    test_keys = set(_all_keys((folder / "eval" / "test" / "retrieval").glob("*.tar")))
-    sel_keys = set(_all_keys((folder / "eval" / "selection" / "retrieval").glob("*.tar")))
+        iter({"url": str(p)} for p in sorted((folder / "eval").glob("*/retrieval/test/*.tar"))))}
+    test_keys = set(_all_keys((folder / "eval" / "test" / "retrieval" / "test").glob("*.tar")))
+    sel_keys = set(_all_keys((folder / "eval" / "selection" / "retrieval" / "test").glob("*.tar")))
     assert len(test_keys) == len(sel_keys) == 8 and not test_keys & sel_keys and a.holdout == test_keys | sel_keys
     for k, s in held.items():   # 2 per step per role, each labelled with the step of its shard
         assert json.loads(s["json"])["step"] == next(e.step for e in a.entries if k in e.holdout)

@@ -153,4 +153,9 @@ def test_builtin_data_is_written_in_the_user_formats(tiny_data):
         {("retrieval", "retrieval", r) for r in ("test", "selection")}
     colour = tiny_data / "eval" / "test" / "colour"
     assert (colour / "classnames.txt").exists() and (colour / "zeroshot_classification_templates.txt").exists()
-    assert sorted(p.name for p in (colour / "test").iterdir()) == ["000000.tar"]
+    # CLIP_benchmark's wds layout (clip_benchmark reads it: tests/test_export.py); retrieval sets say so
+    assert sorted(p.name for p in (colour / "test").iterdir()) == ["0.tar", "nshards.txt"]
+    assert (colour / "test" / "nshards.txt").read_text().strip() == "1"
+    retrieval = next(tiny_data / "eval" / s["path"] for s in index if s["kind"] == "retrieval")
+    assert (retrieval / "dataset_type.txt").read_text().strip() == "retrieval"
+    assert sorted(p.name for p in (retrieval / "test").iterdir()) == ["0.tar", "nshards.txt"]

@@ -72,6 +72,8 @@ def test_open_clip_computes_our_embeddings(step, tmp_path):
     model.eval()
     ids = _ids(tmp_path / "oc", arch)
     assert torch.equal(ids, tokens)
+    # what CLIP_benchmark and open_clip tooling call: the folder's own tokenizer, not CLIP's BPE
+    assert torch.equal(open_clip.get_tokenizer(f"local-dir:{tmp_path / 'oc'}")(TEXTS), tokens)
     with torch.no_grad():
         torch.testing.assert_close(model.encode_image(images, normalize=True), img, rtol=0, atol=1e-5)
         torch.testing.assert_close(model.encode_text(ids, normalize=True), txt, rtol=0, atol=1e-5)
@@ -95,3 +97,73 @@ def test_refuses_what_clip_cannot_express_and_never_overwrites(step, tmp_path, c
     with pytest.raises(FileExistsError, match="not empty"):
         export(step_dir, "hf", mine)
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def _png(seed: int, size: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    arr = (torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_clip_benchmark_reads_our_sets_and_scores_the_export_as_we_do(step, tmp_path, monkeypatch):
+    """The real `clip_benchmark eval --model local-dir:EXPORT --dataset wds/NAME --dataset_root SET` on sets
+    written by growclip_ds.eval.sets (CLIP_benchmark's wds layout) and our open_clip export: no file added
+    by hand, and its top-1/top-5 and recall@k equal growclip_ds's own evaluation of the same model."""
+    import json
+    import sys
+
+    import clip_benchmark.cli as cb
+    import clip_benchmark.metrics.zeroshot_classification as cb_cls
+
+    from growclip_ds import load
+    from growclip_ds.config import replace
+    from growclip_ds.eval import sets
+    from growclip_ds.eval.evaluate import EvalSets, evaluate
+
+    step_dir, arch = step[0], step[1]
+    colours = ["red", "green", "blue", "yellow", "circle", "square"]   # 6 classes: top-5 is defined there
+    sets.write_zeroshot(tmp_path / "eval" / "colour", colours, ["a {c} star.", "the {c} circle on the left."],
+                        [{"key": f"{i:04d}", "image": _png(i, arch.image_size), "ext": "png", "label": i % 6}
+                         for i in range(24)])
+    words = "a the red green blue yellow circle square star on left right top of".split()
+    sets.write_retrieval(tmp_path / "eval" / "pairs",
+                         [{"key": f"{i:04d}", "image": _png(100 + i, arch.image_size), "ext": "png",
+                           "captions": [f"{words[i % 14]} {words[(i + 1 + i // 14) % 14]} star"]}   # 20 different
+                          for i in range(20)])
+    sets.write_index(tmp_path / "eval", [sets.SetSpec("colour", "colour", "zeroshot", "test"),
+                                         sets.SetSpec("pairs", "pairs", "retrieval", "test")])
+    assert (tmp_path / "eval" / "colour" / "test" / "nshards.txt").read_text().strip() == "1"
+    assert (tmp_path / "eval" / "pairs" / "dataset_type.txt").read_text().strip() == "retrieval"
+    model, _, tok = load(step_dir)
+    data = replace(load_config("tiny").data, root=str(tmp_path), eval=())
+    ours = evaluate(model, EvalSets(data, arch.image_size), tok)
+    oc = export(step_dir, "open_clip", tmp_path / "oc")
+
+    def accuracy(output, target, topk=(1,)):   # CLIP_benchmark 1.6.2 calls float() on a 1-element array,
+        pred = output.topk(max(topk), 1, True, True)[1].t()   # an error under numpy 2.4: the same sum, .item()
+        correct = pred.eq(target.view(1, -1).expand_as(pred))
+        return [correct[:k].reshape(-1).float().sum().item() / len(target) for k in topk]
+    monkeypatch.setattr(cb_cls, "accuracy", accuracy)
+
+    def clip_benchmark(name, task, *more):
+        out = tmp_path / f"{name}.json"
+        monkeypatch.setattr(sys, "argv", ["clip_benchmark", "eval", "--model", f"local-dir:{oc}", "--pretrained", "",
+                                          "--dataset", f"wds/{name}", "--dataset_root", str(tmp_path / "eval" / name),
+                                          "--task", task, "--output", str(out), "--no_amp", "--num_workers", "0",
+                                          "--batch_size", "8", *more])
+        cb.main()
+        return json.loads(out.read_text())["metrics"]
+
+    got = clip_benchmark("colour", "zeroshot_classification")
+    want = ours["zero_shot"]["colour"]
+    assert got["acc1"] == pytest.approx(want["top1"], abs=1e-6) and got["acc5"] == pytest.approx(want["top5"], abs=1e-6)
+    got = clip_benchmark("pairs", "zeroshot_retrieval", "--recall_k", "1", "5")
+    for k in (1, 5):
+        assert got[f"image_retrieval_recall@{k}"] == pytest.approx(ours["retrieval"]["text_to_image"][f"R@{k}"], abs=1e-6)
+        assert got[f"text_retrieval_recall@{k}"] == pytest.approx(ours["retrieval"]["image_to_text"][f"R@{k}"], abs=1e-6)

@@ -2,14 +2,16 @@
 
 A set is a folder in one of three layouts:
 
-- zero-shot classification, CLIP_benchmark's webdataset layout: ``classnames.txt`` (line i names
-  label i), ``zeroshot_classification_templates.txt`` (one prompt per line with ``{c}``; optional,
-  default "a photo of a {c}."), and ``test/*.tar`` (or ``*.tar``) whose samples hold an image
-  (jpg/jpeg/png/webp) and ``cls`` (the label as text);
+- zero-shot classification, CLIP_benchmark's webdataset layout (``clip_benchmark eval --dataset wds/NAME
+  --dataset_root FOLDER`` reads what we write): ``classnames.txt`` (line i names label i),
+  ``zeroshot_classification_templates.txt`` (one prompt per line with ``{c}``; optional, default "a
+  photo of a {c}."), ``test/nshards.txt`` (n) and ``test/0.tar .. test/{n-1}.tar`` whose samples hold
+  an image (jpg/jpeg/png/webp) and ``cls`` (the label as text); folders without ``nshards.txt``
+  (``test/*.tar`` or ``*.tar``, this project's layout before 2026-12-04) are read too;
 - zero-shot classification, an image folder tree: one sub-folder per class (sorted names are labels
   0..K-1), ``classnames.txt`` optional (else the folder names, ``_`` read as a space);
-- retrieval (Flickr30K/COCO style): ``*.tar`` (or ``test/*.tar``) whose samples hold an image and
-  ``txt`` with one caption per line (several lines: several captions of that image); an optional
+- retrieval (Flickr30K/COCO style), the same layout plus ``dataset_type.txt`` ("retrieval"), whose
+  samples hold an image and ``txt`` with one caption per line (several lines: several captions of that image); an optional
   ``json`` with ``"step"`` groups the pairs by growth step (TiC-CLIP's dynamic retrieval).
 
 Which sets a run uses: ``data.eval`` (a list of {name, path, kind, role}) or, when that is empty,
@@ -27,12 +29,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..data.shards import tar_samples
+from ..fileio import atomic_write_text, fsync_path
 
 
 KINDS, ROLES = ("zeroshot", "retrieval"), ("test", "selection")
 EVAL_DIR = "eval"          # <data.root>/eval: the evaluation sets and their index
 INDEX = "sets.json"
 CLASSNAMES, TEMPLATES = "classnames.txt", "zeroshot_classification_templates.txt"
+SPLIT, NSHARDS, DATASET_TYPE = "test", "nshards.txt", "dataset_type.txt"   # CLIP_benchmark's wds layout
 DEFAULT_TEMPLATES = ["a photo of a {c}."]
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
@@ -91,7 +95,20 @@ def resolve(data_root, spec: SetSpec) -> Path:
 
 # ----------------------------------------------------------------------------- reading
 def _tars(folder: Path) -> list[Path]:
-    for sub in (folder / "test", folder):
+    """``test/0.tar .. test/{n-1}.tar`` as ``test/nshards.txt`` says, else (older layout) the sorted tars."""
+    count = folder / SPLIT / NSHARDS
+    if count.exists():
+        try:
+            n = int(count.read_text().strip())
+        except ValueError:
+            raise ValueError(f"{count}: must hold the number of shards (got {count.read_text()[:40]!r})") from None
+        tars = [folder / SPLIT / f"{i}.tar" for i in range(n)]
+        missing = [t for t in tars if not t.exists()]
+        if missing:
+            raise FileNotFoundError(f"{count} says {n} shard(s) but {missing[0]} is missing; restore it or rewrite the "
+                                    "set (growclip-ds data make --force / data split --force)")
+        return tars
+    for sub in (folder / SPLIT, folder):
         tars = sorted(sub.glob("*.tar"))
         if tars:
             return tars
@@ -223,6 +240,7 @@ def _write_tar(path: Path, members) -> None:
             info = tarfile.TarInfo(name)
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             tar.addfile(info, io.BytesIO(data))
+    fsync_path(tmp)
     os.replace(tmp, path)
 
 
@@ -234,9 +252,9 @@ def write_zeroshot(folder, classes: list[str], templates: list[str], samples) ->
         members += [(f"{s['key']}.{s['ext']}", s["image"]), (f"{s['key']}.cls", str(s["label"]).encode())]
         if s.get("meta"):
             members.append((f"{s['key']}.json", json.dumps(s["meta"]).encode()))
-    _write_tar(folder / "test" / "000000.tar", members)
-    (folder / CLASSNAMES).write_text("\n".join(classes) + "\n", encoding="utf-8")
-    (folder / TEMPLATES).write_text("\n".join(templates) + "\n", encoding="utf-8")
+    _write_shards(folder, members)
+    atomic_write_text(folder / CLASSNAMES, "\n".join(classes) + "\n")
+    atomic_write_text(folder / TEMPLATES, "\n".join(templates) + "\n")
     return folder
 
 
@@ -248,8 +266,15 @@ def write_retrieval(folder, samples) -> Path:
         members += [(f"{s['key']}.{s['ext']}", s["image"]), (f"{s['key']}.txt", "\n".join(s["captions"]).encode())]
         if s.get("meta"):
             members.append((f"{s['key']}.json", json.dumps(s["meta"]).encode()))
-    _write_tar(folder / "000000.tar", members)
+    _write_shards(folder, members)
+    atomic_write_text(folder / DATASET_TYPE, "retrieval\n")
     return folder
+
+
+def _write_shards(folder: Path, members) -> None:
+    """CLIP_benchmark's split folder: ``test/0.tar`` and ``test/nshards.txt`` (1: our sets are small)."""
+    _write_tar(folder / SPLIT / "0.tar", members)
+    atomic_write_text(folder / SPLIT / NSHARDS, "1\n")
 
 
 def write_index(eval_root, specs: list[SetSpec]) -> Path:
