@@ -30,8 +30,8 @@ PRESETS: dict[str, RunConfig] = {
     # candidates differ by a few points of accuracy, which alpha=0.5's size term (0.1-0.4) would swamp;
     # growth is function-preserving (growth.inherit=preserve): chosen on the selection split against the
     # paper's PIM (docs/growth.md: mean top-1 at step 4 77.1 vs 47.6). GAS is compute-aware (growth.select=compute,
-    # kappa 0.1): the best of 5 recipes at matched compute on the selection split, 3 seeds
-    # (docs/results/growth_pays_cpu2_2026-11-30). For inherit=pim the preset keeps
+    # kappa 0.1): the best of 6 recipes at matched compute on the selection split, 3 seeds
+    # (docs/results/growth_pays_cpu2_2026-11-30 and -12-04). For inherit=pim the preset keeps
     # beta=0.7 on weights only: beta=0.3 on every tensor collapses these narrow models to uniform logits.
     "demo": RunConfig(
         name="demo", arch=_DEMO_ARCH,
