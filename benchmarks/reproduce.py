@@ -48,7 +48,7 @@ from growclip_ds.rundir import PIM1, PIM3, RunDir  # noqa: E402
 # What a step-2 phase of GrowCLIP needs switched on to be the same as in the full method's run: a run
 # with ablations copies the finished phases upstream of its first switched-off component.
 UPSTREAM = ((PIM1, PIM1), ("st", "supernet"), ("gas", "sample"), ("gas", "gas"))
-SKIP_ON_COPY = ("checkpoints", "tb")   # a finished phase's DeepSpeed checkpoints are not needed downstream
+SKIP_ON_COPY = ("checkpoints", "tb", "csv")   # a finished phase's DeepSpeed checkpoints are not needed downstream
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ before any process group starts: a bad value raises one ``ConfigError`` naming t
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 from dataclasses import dataclass, field, fields, asdict
@@ -95,6 +96,7 @@ class ArchConfig:
 
 
 MATCH_MODES = ("epochs", "flops")
+MONITORS = {"tensorboard": "tensorboard", "csv": None, "wandb": "wandb"}   # name -> package it needs
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ class TrainConfig:
     max_nonfinite: int = 10       # NaN/inf-loss steps in a row before the phase aborts (train/nonfinite.py)
     log_every: int = 10
     grad_checkpointing: bool = False
+    monitor: str = "tensorboard"  # DeepSpeed's monitors, comma-separated: tensorboard, csv, wandb (offline unless
+                                  # WANDB_MODE says otherwise); written in each phase folder; "" for none
 
     def validate(self, prefix: str = "train") -> "TrainConfig":
         for f in ("global_batch", "micro_batch"):
@@ -157,7 +161,16 @@ class TrainConfig:
         _check(self.precision in ("fp32", "bf16", "fp16"), f"{prefix}.precision",
                "must be 'fp32', 'bf16' or 'fp16'", self.precision)
         _check(self.log_every >= 1, f"{prefix}.log_every", "must be >= 1", self.log_every)
+        for m in self.monitors:
+            _check(m in MONITORS, f"{prefix}.monitor", f"each must be one of {', '.join(MONITORS)}", self.monitor)
+            need = MONITORS[m]
+            _check(need is None or importlib.util.find_spec(need) is not None, f"{prefix}.monitor",
+                   f"{m} needs the {need} package (pip install {need})", self.monitor)
         return self
+
+    @property
+    def monitors(self) -> list[str]:
+        return [m.strip() for m in self.monitor.split(",") if m.strip()]
 
     def grad_accum(self, world_size: int, prefix: str = "train") -> int:
         """Gradient accumulation steps so that micro_batch x world x accum == global_batch."""

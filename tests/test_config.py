@@ -25,6 +25,7 @@ def test_presets_validate(name):
     ("arch.tower=clip", "growth.delta_shared_blocks"),   # growth would add shared blocks CLIP has not
     ("growth.inherit=preserve,arch.tower=clip,growth.delta_shared_blocks=0", "growth.inherit"),
     ("train.optimizer=sgd", "train.optimizer"),
+    ("train.monitor=tensorboard;mlflow", "train.monitor"),
     ("train.precision=fp8", "train.precision"),
     ("data.num_workers=-1", "data.num_workers"),
     ("train.lr=fast", "train.lr"),

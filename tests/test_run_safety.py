@@ -1,6 +1,7 @@
 """Reliability round 3 without a launch: what a resume checks (config, data, tokenizer, key, phase),
 the run-folder lock, shard paths opened as files only, validation, atomic tokenizer training.
 Real files, real processes (the lock's holder), the real launcher's ``check``; no process group."""
+import importlib.util
 import json
 import os
 import shutil
@@ -102,6 +103,10 @@ def test_validation_of_eps_epochs_and_stop_after(data, tmp_path):
                        ("train.epochs=inf", "train.epochs"), ("train.lr=inf", "train.lr")):
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             load_config("tiny", [bad])
+    if importlib.util.find_spec("wandb") is None:   # not a dependency: asking for it says what to install
+        with pytest.raises(ConfigError, match="train.monitor: wandb needs the wandb package"):
+            load_config("tiny", ["train.monitor=csv,wandb"])
+    assert load_config("tiny", ["train.monitor=csv, tensorboard"]).train.monitors == ["csv", "tensorboard"]
     with pytest.raises(ConfigError, match="--stop-after-steps: must be >= 0"):
         _check(_args(data, tmp_path / "run", "--stop-after-steps", "-1"))
     assert not (tmp_path / "run" / "method.json").exists()   # refused before anything was written

@@ -26,7 +26,8 @@ def runs(tiny_data, tmp_path_factory):
     common = ["--step", "1", "--config", "tiny", "--set", f"data.root={tiny_data}", "--set", "train.epochs=3",
               "--set", "train.log_every=1"]
     out = {k: base / k for k in ("zero2", "zero3", "resumed")}
-    launch(common + ["--run-dir", str(out["zero2"]), "--set", "train.zero_stage=2"], launcher="deepspeed")
+    launch(common + ["--run-dir", str(out["zero2"]), "--set", "train.zero_stage=2", "--set", "train.monitor=tensorboard,csv"],
+           launcher="deepspeed")
     launch(common + ["--run-dir", str(out["zero3"]), "--set", "train.zero_stage=3"], launcher="torchrun")
     resumed = common + ["--run-dir", str(out["resumed"]), "--set", "train.zero_stage=2", "--set",
                         "data.num_workers=1"]
@@ -62,6 +63,21 @@ def test_zero2_and_zero3_give_the_same_weights(runs):
     moved = max((a[k] - b[k]).abs().max().item() for k in a)
     assert moved <= 1e-5
     assert _losses(runs["zero2"])[1] == pytest.approx(_losses(runs["zero3"])[1], abs=1e-5)
+
+
+def test_deepspeed_monitors_record_what_metrics_jsonl_records(runs):
+    """train.monitor=tensorboard,csv goes to DeepSpeed's own monitors: its CSV files hold our logged loss (the mean
+    over ranks) at every logged step, beside DeepSpeed's per-step events; TensorBoard wrote its event file."""
+    import csv
+
+    phase = runs["zero2"] / "step1" / "train"
+    steps, losses = _losses(runs["zero2"])
+    with open(phase / "csv" / "growclip_loss.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["step", "loss"]
+    assert [int(r[0]) for r in rows[1:]] == steps and [float(r[1]) for r in rows[1:]] == pytest.approx(losses, abs=1e-6)
+    assert (phase / "csv" / "Train_Samples_lr.csv").exists()        # DeepSpeed's own events, same folder
+    assert list((phase / "tb").rglob("events.out.tfevents.*"))
 
 
 def test_resume_continues_the_same_loss_sequence(runs):

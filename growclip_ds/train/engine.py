@@ -22,8 +22,25 @@ def on_cpu() -> bool:
     return not torch.cuda.is_available() or os.environ.get("DS_ACCELERATOR") == "cpu"
 
 
-def build_ds_config(train: TrainConfig, world_size: int, base: str | Path | None = None) -> dict:
-    """DeepSpeed config = ds_configs/zero<stage>.json with the "auto" fields filled from ``train``."""
+def monitor_config(monitors: list[str], out_dir: Path) -> dict:
+    """DeepSpeed's monitor sections for ``train.monitor``: TensorBoard in ``<out_dir>/tb``, CSV files in
+    ``<out_dir>/csv``, Weights & Biases (offline unless ``WANDB_MODE`` is set) grouped by phase folder."""
+    cfg = {}
+    if "tensorboard" in monitors:
+        cfg["tensorboard"] = {"enabled": True, "output_path": str(out_dir), "job_name": "tb"}
+    if "csv" in monitors:
+        cfg["csv_monitor"] = {"enabled": True, "output_path": str(out_dir), "job_name": "csv"}
+    if "wandb" in monitors:
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_DIR", str(out_dir))
+        cfg["wandb"] = {"enabled": True, "project": "growclip_ds", "group": str(out_dir)}
+    return cfg
+
+
+def build_ds_config(train: TrainConfig, world_size: int, base: str | Path | None = None,
+                    monitor_dir: Path | None = None) -> dict:
+    """DeepSpeed config = ds_configs/zero<stage>.json with the "auto" fields filled from ``train``, and
+    its monitors (``train.monitor``) writing under ``monitor_dir``."""
     path = Path(base) if base else DS_CONFIG_DIR / f"zero{train.zero_stage}.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: DeepSpeed config missing (train.zero_stage={train.zero_stage})")
@@ -36,6 +53,8 @@ def build_ds_config(train: TrainConfig, world_size: int, base: str | Path | None
         if cfg.get(k, "auto") == "auto":
             cfg[k] = v
     cfg.setdefault("zero_optimization", {})["stage"] = train.zero_stage
+    if monitor_dir is not None:
+        cfg.update(monitor_config(train.monitors, Path(monitor_dir)))
     if train.precision == "bf16":
         cfg["bf16"] = {"enabled": True}
     elif train.precision == "fp16":
@@ -103,7 +122,7 @@ def build_engine(model: torch.nn.Module, train: TrainConfig, world_size: int, to
     ``span``: the phase's part of a step-long schedule (``span_of_step_schedule``) instead of its own."""
     import deepspeed
 
-    ds_cfg = build_ds_config(train, world_size, ds_config_file)
+    ds_cfg = build_ds_config(train, world_size, ds_config_file, monitor_dir=out_dir)
     if universal:
         ds_cfg.setdefault("checkpoint", {})["load_universal"] = True
     if out_dir is not None and int(os.environ.get("RANK", "0")) == 0:

@@ -1,7 +1,9 @@
-"""Training metrics: a tqdm bar on rank 0, ``metrics.jsonl`` and TensorBoard in the phase folder.
+"""Training metrics: a tqdm bar on rank 0, ``metrics.jsonl`` in the phase folder, and DeepSpeed's
+monitors (``train.monitor``: TensorBoard, CSV, Weights & Biases) through the engine's ``monitor``.
 
 Logged every ``log_every`` steps: loss (mean over ranks), lr, samples/s, the share of step time
-spent waiting for data, and the count of skipped bad samples/shards.
+spent waiting for data, and the count of skipped bad samples/shards; in the monitors as
+``growclip/<name>`` beside DeepSpeed's own ``Train/Samples/*`` events.
 """
 from __future__ import annotations
 
@@ -15,20 +17,15 @@ from tqdm import tqdm
 
 class MetricsLogger:
     def __init__(self, out_dir: Path, rank: int, total: int, start: int, desc: str, enabled: bool = True,
-                 log_every: int = 10):
-        self.rank, self.log_every = rank, log_every
+                 log_every: int = 10, monitor=None):
+        self.rank, self.log_every, self.monitor = rank, log_every, monitor
         self.acc = {"loss": 0.0, "step_time": 0.0, "wait_time": 0.0, "samples": 0, "n": 0}
-        self.bar = self.jsonl = self.tb = None
+        self.bar = self.jsonl = None
         if rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
             self.jsonl = open(out_dir / "metrics.jsonl", "a")
             self.bar = tqdm(total=total, initial=start, desc=desc, unit="step", disable=not enabled,
                             dynamic_ncols=True)
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(out_dir / "tb"))
-            except ImportError:  # tensorboard is optional
-                self.tb = None
 
     def step(self, step: int, loss: float, lr: float, step_time: float, wait_time: float, samples: int,
              **extra) -> None:
@@ -56,14 +53,11 @@ class MetricsLogger:
         self.jsonl.flush()
         self.bar.set_postfix(loss=f"{rec['loss']:.3f}", sps=f"{rec['samples_per_s']:.0f}",
                              wait=f"{rec['data_wait_share']:.0%}")
-        if self.tb is not None:
-            for k, v in rec.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"train/{k}", v, step)
+        if self.monitor is not None and self.monitor.enabled:
+            self.monitor.write_events([(f"growclip/{k}", v, step) for k, v in rec.items()
+                                       if k != "step" and isinstance(v, (int, float))])
 
     def close(self) -> None:
         if self.rank == 0:
             self.bar.close()
             self.jsonl.close()
-            if self.tb is not None:
-                self.tb.close()

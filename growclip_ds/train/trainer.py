@@ -183,7 +183,8 @@ class Trainer:
         """Progress and metrics, checkpoint clock, non-finite guard, data liveness."""
         t, data = self.cfg.train, self.cfg.data
         self.log = MetricsLogger(self.dir.path, self.rank, self.total, self.state.step, enabled=self.progress,
-                                 desc=f"step{self.phase.growth_step}/{self.phase.name}", log_every=t.log_every)
+                                 desc=f"step{self.phase.growth_step}/{self.phase.name}", log_every=t.log_every,
+                                 monitor=self.engine.monitor)
         self.cadence = Cadence(t.checkpoint_every, t.checkpoint_every_minutes)
         self.guard = nonfinite.Guard(t.max_nonfinite, str(self.dir.path), latest=lambda: checkpoint.latest_tag(self.ckpt_dir))
         self.liveness = Liveness(data.max_bad_in_row, data.max_idle_minutes * 60)
