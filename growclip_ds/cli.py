@@ -214,7 +214,8 @@ def main(argv=None) -> int:
                          "made on")
     ev.set_defaults(fn=_eval)
 
-    ex = sub.add_parser("export", help="a step's model as a Hugging Face CLIPModel folder or an open_clip "
+    ex = sub.add_parser("export", help="a step's model as a Hugging Face folder (CLIPModel where CLIP can express it, "
+                                       "else with its own code: AutoModel, trust_remote_code=True) or an open_clip "
                                        "checkpoint (patch stem, arch.tower=clip: growclip_ds/export.py)")
     ex.add_argument("step_dir", help="a finished step folder (its model and architecture)")
     ex.add_argument("--format", required=True, choices=("hf", "open_clip"))

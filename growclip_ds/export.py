@@ -11,9 +11,10 @@
     tokenize = open_clip.get_tokenizer("local-dir:exported/oc")      # the folder's tokenizer: our ids
     clip_benchmark eval --model local-dir:exported/oc --dataset wds/colour --dataset_root data/builtin/eval/zero_shot/colour
 
-Only CLIP's own function can be written: a patch stem, CLIP's towers (``arch.tower=clip``) and no
-shared blocks, i.e. the ``vit-b-16`` preset and any run trained with those settings; anything else
-is refused with the field that does not fit. The exported models compute the same embeddings as
+These two hold CLIP's own function only: a patch stem, CLIP's towers (``arch.tower=clip``) and no
+shared blocks, i.e. the ``vit-b-16`` preset and any run trained with those settings; open_clip refuses
+anything else with the field that does not fit, and ``--format hf`` writes it with its own modeling code
+instead (export_remote.py: ``AutoModel.from_pretrained(DIR, trust_remote_code=True)``). The exported models compute the same embeddings as
 ``growclip_ds.load`` (tests/test_export.py: 1e-5).
 
 Token ids stay growclip_ds's (the tokenizer's + 1, 0 pads): the folder holds a tokenizer with those
@@ -175,17 +176,31 @@ def open_clip_config(arch: ArchConfig, tokenizer) -> dict:
                                                    "resize_mode": "shortest"}}
 
 
-def _write_hf(state, arch, tokenizer, tmp: Path) -> None:
-    from transformers import CLIPImageProcessor, CLIPModel
+def _write_image_processor(arch: ArchConfig, tmp: Path) -> None:
+    from transformers import CLIPImageProcessor
 
     from .data.loader import MEAN, STD
 
-    model = CLIPModel(hf_config(arch, tokenizer, float(state["logit_scale"].reshape(()))))
-    model.load_state_dict(hf_state(state, arch), strict=True)
-    model.save_pretrained(tmp)
     s = arch.image_size
     CLIPImageProcessor(size={"shortest_edge": s}, crop_size={"height": s, "width": s}, image_mean=list(MEAN),
                        image_std=list(STD), resample=3).save_pretrained(tmp)
+
+
+def _write_hf(state, arch, tokenizer, tmp: Path) -> None:
+    """CLIPModel where CLIP can express the model, else a folder with its own code (export_remote.py)."""
+    from transformers import CLIPModel
+
+    from .export_remote import write_remote_code_model
+
+    try:
+        check_exportable(arch)
+    except ValueError:
+        write_remote_code_model(state, arch, tmp)
+    else:
+        model = CLIPModel(hf_config(arch, tokenizer, float(state["logit_scale"].reshape(()))))
+        model.load_state_dict(hf_state(state, arch), strict=True)
+        model.save_pretrained(tmp)
+    _write_image_processor(arch, tmp)
 
 
 def _write_open_clip(state, arch, tokenizer, tmp: Path) -> None:
@@ -198,6 +213,7 @@ def _write_open_clip(state, arch, tokenizer, tmp: Path) -> None:
 def export(step_dir, fmt: str, out, tokenizer_dir=None) -> Path:
     """Write the model of a finished step folder to ``out`` (a new folder), with its tokenizer."""
     from .data.tokenizer import TextTokenizer
+    from .export_remote import model_card
     from .factory import run_tokenizer_dir
     from .model_folder import read_model
 
@@ -207,7 +223,8 @@ def export(step_dir, fmt: str, out, tokenizer_dir=None) -> Path:
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not empty; name a new --out folder")
     state, arch = read_model(Path(step_dir))
-    check_exportable(arch)
+    if fmt == "open_clip":
+        check_exportable(arch)
     tokenizer = shifted_tokenizer(TextTokenizer(tokenizer_dir or run_tokenizer_dir(step_dir), arch.context_length),
                                   arch.context_length)
     state = {k: v.detach().to("cpu", torch.float32) for k, v in state.items()}
@@ -217,6 +234,8 @@ def export(step_dir, fmt: str, out, tokenizer_dir=None) -> Path:
     try:
         (_write_hf if fmt == "hf" else _write_open_clip)(state, arch, tokenizer, tmp)
         tokenizer.save_pretrained(tmp)
+        kind = fmt if fmt == "open_clip" else ("remote" if (tmp / "modeling_growclip.py").exists() else "clip")
+        (tmp / "README.md").write_text(model_card(Path(step_dir), arch, kind))
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

@@ -88,7 +88,7 @@ def test_refuses_what_clip_cannot_express_and_never_overwrites(step, tmp_path, c
     arch = load_config("tiny").arch            # conv stem, GrowCLIP's towers
     write_model(tmp_path / "run" / "step1", GrowCLIP(arch).state_dict(), arch)
     (tmp_path / "run" / "tokenizer").symlink_to(step_dir.parent / "tokenizer")
-    assert cli.main(["export", str(tmp_path / "run" / "step1"), "--format", "hf", "--out", str(tmp_path / "x")]) == 2
+    assert cli.main(["export", str(tmp_path / "run" / "step1"), "--format", "open_clip", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "arch.stem='conv'" in err and "arch.tower='growclip'" in err and not (tmp_path / "x").exists()
     mine = tmp_path / "mine"
@@ -167,3 +167,41 @@ def test_clip_benchmark_reads_our_sets_and_scores_the_export_as_we_do(step, tmp_
     for k in (1, 5):
         assert got[f"image_retrieval_recall@{k}"] == pytest.approx(ours["retrieval"]["text_to_image"][f"R@{k}"], abs=1e-6)
         assert got[f"text_retrieval_recall@{k}"] == pytest.approx(ours["retrieval"]["image_to_text"][f"R@{k}"], abs=1e-6)
+
+
+def test_every_architecture_exports_to_hugging_face_with_its_own_code(step, tmp_path):
+    """A conv stem, GrowCLIP's towers and a shared block (what CLIPModel cannot express), every tensor random:
+    `--format hf` writes a folder with its own modeling code; AutoModel.from_pretrained(trust_remote_code=True)
+    gives growclip_ds.load's unit-norm embeddings (1e-5) from the folder's tokenizer and image processor."""
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+    import growclip_ds
+    from growclip_ds.config import replace
+
+    arch = replace(load_config("tiny").arch, shared_blocks=1)
+    model = GrowCLIP(arch, seed=1)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    run = tmp_path / "run"
+    write_model(run / "step1", model.state_dict(), arch)
+    (run / "tokenizer").symlink_to(step[0].parent / "tokenizer")
+    assert cli.main(["export", str(run / "step1"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    hf = AutoModel.from_pretrained(str(tmp_path / "hf"), trust_remote_code=True).eval()
+    assert type(hf).__name__ == "GrowCLIPModel" and (tmp_path / "hf" / "modeling_growclip.py").exists()
+    ours, transform, tok = growclip_ds.load(run / "step1")
+    from PIL import Image
+
+    pics = [Image.new("RGB", (40, 48), (30 * i, 200 - 40 * i, 90)) for i in range(3)]
+    pixels = AutoImageProcessor.from_pretrained(str(tmp_path / "hf"))(pics, return_tensors="pt").pixel_values
+    ids = _ids(tmp_path / "hf", arch)
+    with torch.no_grad():
+        torch.testing.assert_close(pixels, torch.stack([transform(p) for p in pics]), rtol=0, atol=1e-5)
+        assert torch.equal(ids, tok(TEXTS))
+        torch.testing.assert_close(F.normalize(hf.get_image_features(pixel_values=pixels), dim=-1),
+                                   ours.encode_image(pixels), rtol=0, atol=1e-5)
+        torch.testing.assert_close(F.normalize(hf.get_text_features(input_ids=ids), dim=-1),
+                                   ours.encode_text(ids), rtol=0, atol=1e-5)
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "trust_remote_code=True" in card and f"| parameters | {sum(v.numel() for v in model.state_dict().values()):,} |" in card

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ArchConfig
+from ..arch import ArchConfig
 from .elastic import ElasticLayerNorm, ElasticLinear
 from .encoders import ImageEncoder, SharedEncoder, TextEncoder
 from .init import init_tensor
