@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from .arch import ArchConfig
 
 PACKAGE = Path(__file__).resolve().parent
