@@ -26,8 +26,6 @@ Face's text pooling off its legacy ``eos_token_id == 2`` path.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -214,6 +212,7 @@ def export(step_dir, fmt: str, out, tokenizer_dir=None) -> Path:
     """Write the model of a finished step folder to ``out`` (a new folder), with its tokenizer."""
     from .data.tokenizer import TextTokenizer
     from .export_remote import model_card
+    from .fileio import atomic_path
     from .factory import run_tokenizer_dir
     from .model_folder import read_model
 
@@ -228,17 +227,10 @@ def export(step_dir, fmt: str, out, tokenizer_dir=None) -> Path:
     tokenizer = shifted_tokenizer(TextTokenizer(tokenizer_dir or run_tokenizer_dir(step_dir), arch.context_length),
                                   arch.context_length)
     state = {k: v.detach().to("cpu", torch.float32) for k, v in state.items()}
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_path(out) as tmp:   # the folder appears whole, or not at all
+        tmp.mkdir()
         (_write_hf if fmt == "hf" else _write_open_clip)(state, arch, tokenizer, tmp)
         tokenizer.save_pretrained(tmp)
         kind = fmt if fmt == "open_clip" else ("remote" if (tmp / "modeling_growclip.py").exists() else "clip")
         (tmp / "README.md").write_text(model_card(Path(step_dir), arch, kind))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -1,10 +1,18 @@
 """Durable file writes: what a crash or a power loss may not leave half written.
 
 ``fsync_path`` flushes a file (or a folder's entries) before it is renamed or recorded as done;
-``atomic_write_text`` is "write a temporary name, fsync, rename over, fsync the folder"."""
+``atomic_path`` is "write a temporary name, fsync, rename over, fsync the folder" for any writer (a
+file or a whole folder), ``atomic_write_text`` that for text. Every "temporary name, then rename" of
+the package goes through them.
+
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
+"""
 from __future__ import annotations
 
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -17,14 +25,36 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """After a power loss ``path`` holds either the old or the new text, never an empty file."""
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """A temporary path beside ``path`` for the caller to write (a file, or a folder it creates); when the
+    block ends without an error it is fsynced (a folder: every file in it) and renamed over ``path`` (a
+    folder replaces only an absent or empty one), and the parent folder is fsynced. On an error the
+    temporary is removed and ``path`` is untouched: a reader sees the old version or the new, whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
+    tmp = path.with_name(f".{path.name}.tmp")   # one name: a writer killed mid-way leaves one file the next replaces
+    _remove(tmp)
+    try:
+        yield tmp
+        for f in ([p for p in tmp.rglob("*") if p.is_file()] if tmp.is_dir() else [tmp]):
+            fsync_path(f)
+        if tmp.is_dir() and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    finally:
+        _remove(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """After a power loss ``path`` holds either the old or the new text, never an empty file."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

@@ -9,7 +9,6 @@ Nothing here unpickles: weights are safetensors, the architecture is JSON.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -17,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from . import faults
 from .config import ArchConfig
 from .distributed import barrier, rank_world
-from .fileio import atomic_write_text, fsync_path
+from .fileio import atomic_path, atomic_write_text
 from .rundir import ARCH, MODEL
 
 
@@ -46,11 +45,9 @@ def write_model(folder: Path, state_dict: dict, arch: ArchConfig, extra: dict | 
         raise NonFiniteError(f"{folder / MODEL}: not written, {len(bad)} tensor(s) hold NaN/inf "
                              f"(first: {bad[0]}); a diverged model is never consolidated")
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{MODEL}.{os.getpid()}.tmp"
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp))
-    fsync_path(tmp)
-    faults.hit("consolidate")
-    os.replace(tmp, folder / MODEL)
+    with atomic_path(folder / MODEL) as tmp:
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp))
+        faults.hit("consolidate")
     write_arch(folder, arch, extra)
 
 

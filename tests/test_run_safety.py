@@ -239,3 +239,24 @@ def test_config_changes_name_training_fields_only():
     assert provenance.config_changes(cfg.to_dict(), cfg.to_dict()) == {}
     other = load_config("tiny", ["train.lr=0.5", "train.log_every=3", "train.zero_stage=3"])
     assert provenance.config_changes(cfg.to_dict(), other.to_dict()) == {"train.lr": (cfg.train.lr, 0.5)}
+
+
+def test_atomic_path_replaces_whole_or_not_at_all(tmp_path):
+    from growclip_ds.fileio import atomic_path, atomic_write_text
+
+    f = tmp_path / "a" / "model.bin"
+    atomic_write_text(f, "old")
+    with pytest.raises(OSError):
+        with atomic_path(f) as tmp:
+            tmp.write_text("half")
+            raise OSError(28, "No space left on device")
+    assert f.read_text() == "old" and sorted(p.name for p in f.parent.iterdir()) == ["model.bin"]
+    with atomic_path(f) as tmp:
+        tmp.write_text("new")
+    assert f.read_text() == "new" and sorted(p.name for p in f.parent.iterdir()) == ["model.bin"]
+    folder = tmp_path / "export"
+    folder.mkdir()                      # an empty folder is replaced by a whole one
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        (tmp / "x").write_text("1")
+    assert (folder / "x").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["a", "export"]

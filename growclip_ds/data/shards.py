@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 
-from ..fileio import fsync_path
+from ..fileio import atomic_path
 
 
 def _reraise(exn: Exception) -> bool:
@@ -52,18 +52,14 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def atomic_write_table(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    fsync_path(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def write_shard(path: Path, samples: list[dict]) -> int:
     """Write samples {key, jpg (bytes), txt, meta (dict), width, height} as one img2dataset shard."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     rows = []
-    with tarfile.open(tmp, "w") as tar:
+    with atomic_path(path) as tmp, tarfile.open(tmp, "w") as tar:
         for s in samples:
             meta = {"url": s.get("url", f"synthetic://{s['key']}"), "caption": s["txt"], "key": s["key"],
                     "status": "success", "error_message": None, "width": s["width"], "height": s["height"],
@@ -73,8 +69,6 @@ def write_shard(path: Path, samples: list[dict]) -> int:
             _add(tar, f"{s['key']}.json", json.dumps(meta).encode())
             rows.append({k: meta[k] for k in ("url", "caption", "key", "status", "error_message", "width",
                                                "height", "original_width", "original_height")})
-    fsync_path(tmp)
-    os.replace(tmp, path)
     atomic_write_table(pa.Table.from_pylist(rows), path.with_suffix(".parquet"))
     stats = {"count": len(rows), "successes": len(rows), "failed_to_download": 0, "failed_to_resize": 0,
              "start_time": time.time(), "end_time": time.time(), "status_dict": {"success": len(rows)}}

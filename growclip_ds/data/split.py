@@ -17,8 +17,6 @@ What it writes, all under SHARDS (the user's files are only read, never changed)
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import random
 import tarfile
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from ..eval import sets as evalsets
+from ..fileio import atomic_path
 from .manifest import Manifest, ShardEntry
 from .shards import tar_samples
 from .tokenizer import train_bpe
@@ -229,9 +228,7 @@ def split_corpus(root, num_steps: int | None = 4, sizes: list[float] | None = No
     m.save()
     if tokenizer and not (root / "tokenizer").exists():
         caps = [r["caption"] for e in entries if e.step == 1 for r in rows[e.path] if r["key"] not in held]
-        tmp = root / f".tokenizer.{os.getpid()}.tmp"   # trained aside, renamed when whole: a crash or a full
-        shutil.rmtree(tmp, ignore_errors=True)         # disk never leaves a partial tokenizer later splits keep
-        train_bpe(caps, tmp, vocab_size)
-        os.replace(tmp, root / "tokenizer")
+        with atomic_path(root / "tokenizer") as tmp:   # renamed when whole: a crash or a full disk
+            train_bpe(caps, tmp, vocab_size)            # never leaves a partial tokenizer later splits keep
         progress(f"trained a BPE tokenizer on {len(caps)} step-1 captions -> {root / 'tokenizer'}")
     return m

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..data.shards import tar_samples
-from ..fileio import atomic_write_text, fsync_path
+from ..fileio import atomic_path, atomic_write_text
 
 
 KINDS, ROLES = ("zeroshot", "retrieval"), ("test", "selection")
@@ -233,15 +232,11 @@ def _lines(path: Path) -> list[str]:
 # ----------------------------------------------------------------------------- writing
 def _write_tar(path: Path, members) -> None:
     """``members``: (name, bytes); written under a temporary name, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tarfile.open(tmp, "w") as tar:
+    with atomic_path(path) as tmp, tarfile.open(tmp, "w") as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             tar.addfile(info, io.BytesIO(data))
-    fsync_path(tmp)
-    os.replace(tmp, path)
 
 
 def write_zeroshot(folder, classes: list[str], templates: list[str], samples) -> Path:
@@ -278,10 +273,6 @@ def _write_shards(folder: Path, members) -> None:
 
 
 def write_index(eval_root, specs: list[SetSpec]) -> Path:
-    eval_root = Path(eval_root)
-    eval_root.mkdir(parents=True, exist_ok=True)
-    path = eval_root / INDEX
-    tmp = path.with_name(INDEX + ".tmp")
-    tmp.write_text(json.dumps({"sets": [asdict(s) for s in specs]}, indent=1))
-    os.replace(tmp, path)
+    path = Path(eval_root) / INDEX
+    atomic_write_text(path, json.dumps({"sets": [asdict(s) for s in specs]}, indent=1))
     return path

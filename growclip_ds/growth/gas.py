@@ -31,6 +31,7 @@ from .. import faults
 from ..rundir import StepDir
 from ..config import ArchConfig, GrowthConfig
 from ..distributed import barrier, rank_world
+from ..fileio import atomic_path, atomic_write_text
 from ..eval.evaluate import (classifier, encode_images, encode_texts, selection_accuracy, set_retrieval_metrics,
                              zeroshot_metrics)
 from ..model import param_count
@@ -100,8 +101,8 @@ def run_gas(model, prev: ArchConfig, growth: GrowthConfig, sets, tokenize, step:
         if f.exists():
             continue
         emb = image_embeddings(model, arch, sets) if kind == "img" else text_embeddings(model, arch, sets, tokenize)
-        save_file(emb, str(f.with_name(f.name + ".tmp")))
-        os.replace(f.with_name(f.name + ".tmp"), f)
+        with atomic_path(f) as tmp:
+            save_file(emb, str(tmp))
         written += 1
         faults.hit("gas", written)
     barrier()
@@ -114,9 +115,7 @@ def run_gas(model, prev: ArchConfig, growth: GrowthConfig, sets, tokenize, step:
 def _score_all(prev, growth, sets, folder: Path, jsonl: Path, prev_params, n_prev, n_now) -> None:
     rows = read_scores(jsonl)
     if jsonl.exists():  # drop a line a crash cut short before appending after it
-        tmp = jsonl.with_name(jsonl.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, jsonl)
+        atomic_write_text(jsonl, "".join(json.dumps(r) + "\n" for r in rows))
     done = {r["index"] for r in rows}
     loaded: dict[Path, dict] = {}  # each of the 32 variant files is read once, not once per candidate
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..fileio import atomic_path
+
 
 
 def saved_world(meta: dict) -> int:
@@ -30,19 +32,17 @@ def convert(ckpt_dir: Path, tag: str, out_tag: str) -> Path:
     """Convert ``<ckpt_dir>/<tag>`` (verified by the caller) into ``<ckpt_dir>/<out_tag>``: written under a
     temporary name, then renamed; the caller signs it (``checkpoint.universal_conversion``)."""
     src, out = Path(ckpt_dir) / tag, Path(ckpt_dir) / out_tag
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     print(f"[growclip_ds] world size changed: converting {src} to a universal checkpoint", flush=True)
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(src),
-           "--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "1",
-           "--num_merge_workers", "1"]
-    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DS_ACCELERATOR": "cpu"})
-    if res.returncode:
-        raise RuntimeError(f"ds_to_universal failed on {src} (exit {res.returncode}):\n{res.stderr[-2000:]}")
-    for f in src.glob("mp_rank_*_model_states.pt"):   # the engine reads its module states from here
-        shutil.copy2(f, tmp / f.name)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(src),
+               "--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "1",
+               "--num_merge_workers", "1"]
+        res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+        if res.returncode:
+            raise RuntimeError(f"ds_to_universal failed on {src} (exit {res.returncode}):\n{res.stderr[-2000:]}")
+        for f in src.glob("mp_rank_*_model_states.pt"):   # the engine reads its module states from here
+            shutil.copy2(f, tmp / f.name)
+        shutil.rmtree(out, ignore_errors=True)             # a conversion that failed its verification
     return out
 
 
