@@ -14,10 +14,12 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from . import faults
-from .config import ArchConfig
+from .arch import ArchConfig
 from .distributed import barrier, rank_world
 from .fileio import atomic_path, atomic_write_text
-from .rundir import ARCH, MODEL
+
+MODEL = "model.safetensors"   # the format's two file names (rundir.py lays out where model folders are)
+ARCH = "arch.json"
 
 
 def arch_from_record(record: dict, where: str = "arch") -> ArchConfig:

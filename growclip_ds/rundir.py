@@ -23,14 +23,14 @@ import json
 import re
 from pathlib import Path
 
+from .model_folder import ARCH, MODEL, write_arch  # noqa: F401  (a model folder's files: model_folder.py owns them)
+
 METHOD = "method.json"
 TOKENIZER = "tokenizer"
 LOCK = "LOCK"
 CONFIG = "config.json"
 DATA_PRINT = "data.json"
 CONFIG_CHANGES = "config_changes.jsonl"
-MODEL = "model.safetensors"
-ARCH = "arch.json"
 EVAL = "eval.json"
 GAS_SCORES = "gas.jsonl"
 DONE = "done.json"
@@ -116,7 +116,6 @@ class StepDir:
     def write_choice(self, arch, how: str, index: int) -> None:
         """The chosen architecture, as the step's ``arch.json`` (model_folder.write_arch: its one writer)."""
         from .distributed import barrier, rank_world
-        from .model_folder import write_arch
 
         if rank_world()[0] == 0:
             write_arch(self.path, arch, {"chosen_by": how, "index": index})
