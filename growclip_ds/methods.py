@@ -34,7 +34,6 @@ each method spends what TFS of the configured architecture spends on D^t, as sam
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from enum import Enum
 
@@ -42,7 +41,6 @@ from .config import ConfigError, RunConfig
 from .data.manifest import Manifest
 from .data.mixture import replay_mixture
 from .distributed import accelerator_device, rank_world
-from .fileio import atomic_write_text
 from .growth.pim import pim
 from .model.init import name_seed
 from .rundir import RunDir
@@ -188,6 +186,5 @@ def record(run: RunDir, method: str, ablate: set, candidate: int | None, writer:
                               "Use another --run-dir for another method")
         return
     if writer:
-        run.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run.method_file, json.dumps(want, indent=1))
+        run.write_method(want)
 

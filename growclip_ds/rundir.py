@@ -163,6 +163,12 @@ class RunDir:
     def read_method(self) -> dict:
         return read_json(self.method_file)
 
+    def write_method(self, record: dict) -> None:
+        """method.json, by the one process that writes it (launch.check runs before any process group)."""
+        from .fileio import atomic_write_text
+
+        atomic_write_text(self.method_file, json.dumps(record, indent=1))
+
     def phase_records(self) -> list[dict]:
         return [r for s in self.steps() for r in s.phase_records()]
 
