@@ -82,7 +82,7 @@ def init_distributed() -> None:
 
 
 def check(args, lock):
-    """(config with the run's tokenizer, run folder, ablations, phases to run, checkpoint key id): every
+    """(config with the run's tokenizer, run folder, ablations, phases to run, (data fingerprint, key id)): every
     input checked before any process group starts, the run folder locked (rank 0, ``lock``) before
     anything is written there; raises ConfigError / FileNotFoundError / ValueError naming what to fix."""
     from growclip_ds import methods, provenance
@@ -129,9 +129,8 @@ def check(args, lock):
                           f"({run.step(args.step).phase(args.phase).done_file}); running it again would overwrite "
                           f"its results. To redo it, move {run.step(args.step).phase(args.phase).path} aside first")
     todo = [args.phase] if args.phase else todo
-    if todo:
-        provenance.check_resume(cfg, run.step(args.step), args.step, args.allow_config_change, writer)
-    return cfg, run, ablate, todo, kid
+    data = provenance.check_resume(cfg, run.step(args.step), args.step, args.allow_config_change, writer) if todo else {}
+    return cfg, run, ablate, todo, (data, kid)
 
 
 def check_key(run, step: int) -> str:
@@ -199,7 +198,7 @@ def _main(args, lock) -> int:
     from growclip_ds.train.signing import CheckpointKeyError
 
     try:
-        cfg, run, ablate, todo, kid = check(args, lock)
+        cfg, run, ablate, todo, (data, kid) = check(args, lock)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -223,7 +222,7 @@ def _main(args, lock) -> int:
     preempt.install()  # SIGTERM / SIGUSR1: checkpoint after the current step, exit PREEMPTED_EXIT
     init_distributed()
     try:
-        provenance.check_ranks_agree(provenance.agreement(cfg, args.step, kid))
+        provenance.check_ranks_agree(provenance.agreement(cfg, data, kid))   # after init: faults see the rank
         res = run_phase_of_step(cfg, args.step, run.path, todo[0], ablate, progress=not args.no_progress,
                                 stop_after=args.stop_after_steps, method=args.method, candidate=args.candidate)
     except ConfigError as e:      # raised on every rank (the ranks compared their views)

@@ -31,13 +31,10 @@ def local_command(target: list[str], ranks: int, port: int | None = None, launch
     """``target`` (a script and its arguments, or ``["-m", module, ...]``) on ``ranks`` local ranks."""
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher: one of {LAUNCHERS} (got {launcher!r})")
-    port = str(port or free_port())
-    module = target[:1] == ["-m"]
-    if launcher == "deepspeed":
-        head = ["-m", "deepspeed.launcher.runner", "--num_accelerators", str(ranks), "--master_port", port]
-        return [sys.executable, *head, *(["--module", *target[1:]] if module else target)]
-    head = ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", port]
-    return [sys.executable, *head, *(["--module", *target[1:]] if module else target)]
+    head = (["-m", "deepspeed.launcher.runner", "--num_accelerators"] if launcher == "deepspeed"
+            else ["-m", "torch.distributed.run", "--nproc_per_node"])
+    tail = ["--module", *target[1:]] if target[:1] == ["-m"] else target
+    return [sys.executable, *head, str(ranks), "--master_port", str(port or free_port()), *tail]
 
 
 def local_env(base: dict | None = None, **extra: str) -> dict:

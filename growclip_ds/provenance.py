@@ -81,10 +81,10 @@ def _data_diff(old: dict, new: dict) -> list[str]:
     return [k for k in ("shards", "num_shards", "num_samples", "holdout", "tokenizer") if old.get(k) != new.get(k)]
 
 
-def check_resume(cfg, step_dir, t: int, allow_change: bool, writer: bool, log=print) -> None:
+def check_resume(cfg, step_dir, t: int, allow_change: bool, writer: bool, log=print) -> dict:
     """Before a launch of step ``t`` trains: refuse a changed config field or changed data (see the
-    module doc); on a first launch, or an allowed change, record what the step runs with. Raises
-    ConfigError naming what differs and what to do."""
+    module doc); on a first launch, or an allowed change, record what the step runs with. Returns the
+    data fingerprint (for ``agreement``); raises ConfigError naming what differs and what to do."""
     new, fp = cfg.to_dict(), data_fingerprint(cfg, t)
     data_file = step_dir.data_file
     if data_file.exists():
@@ -119,16 +119,17 @@ def check_resume(cfg, step_dir, t: int, allow_change: bool, writer: bool, log=pr
         atomic_write_text(step_dir.config_file, json.dumps(new, indent=1))
         if not data_file.exists():
             atomic_write_text(data_file, json.dumps(fp, indent=1))
+    return fp
 
 
-def agreement(cfg, t: int, key_id: str) -> dict:
-    """What every rank must agree on (hashed): config, data fingerprint, checkpoint key id."""
+def agreement(cfg, data: dict, key_id: str) -> dict:
+    """What every rank must agree on: config, data fingerprint (``check_resume``'s), checkpoint key id."""
     from . import faults
 
     conf = cfg.to_dict()
     if faults.skew("stale"):      # fault injection: this rank read a stale config
         conf["train"]["lr"] = conf["train"]["lr"] * 2
-    return {"config": conf, "data": data_fingerprint(cfg, t), "key_id": key_id}
+    return {"config": conf, "data": data, "key_id": key_id}
 
 
 def check_ranks_agree(mine: dict) -> None:

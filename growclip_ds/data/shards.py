@@ -20,10 +20,6 @@ import webdataset as wds
 from ..fileio import atomic_path
 
 
-def _reraise(exn: Exception) -> bool:
-    raise exn
-
-
 def _opened(paths: Iterable, handler: Callable[[Exception], bool]) -> Iterator[dict]:
     for p in paths:
         try:
@@ -38,7 +34,7 @@ def _opened(paths: Iterable, handler: Callable[[Exception], bool]) -> Iterator[d
             stream.close()
 
 
-def tar_samples(paths: Iterable, handler: Callable[[Exception], bool] = _reraise) -> Iterator[dict]:
+def tar_samples(paths: Iterable, handler: Callable[[Exception], bool] = wds.reraise_exception) -> Iterator[dict]:
     """The samples (dicts of key -> bytes, webdataset's grouping) of the tar files ``paths``, in order.
     ``handler(exn)`` -> True skips what raised (an unreadable shard or member), False stops."""
     files = wds.tariterators.tar_file_expander(_opened(paths, handler), handler=handler)

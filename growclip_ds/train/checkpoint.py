@@ -46,11 +46,11 @@ def write_manifest(folder: Path, tag: str, meta: dict) -> None:
     """Size and keyed hash of every file of ``folder`` (each fsynced first: what is signed is on the
     device), the folder's tag, our metadata, the key's id, and the manifest's own MAC."""
     k = signing.key()
-    files = {}
-    for f in _files(folder):
+    files, listed = {}, _files(folder)
+    for f in listed:
         fsync_path(f)
         files[str(f.relative_to(folder))] = {"bytes": f.stat().st_size, "hmac": signing.file_mac(f, k)}
-    for d in {f.parent for f in _files(folder)}:
+    for d in {f.parent for f in listed}:
         fsync_path(d)
     body = {"tag": tag, "meta": meta, "files": files, "key_id": signing.key_id(k)}
     atomic_write_text(folder / MANIFEST, json.dumps({**body, "signature": signing.sign(body, k)}))
@@ -241,8 +241,9 @@ def universal_conversion(ckpt_dir: Path, tag: str) -> str:
         if why != "absent" and why is not None:
             print(f"[growclip_ds] refusing {ckpt_dir / out}: {why}; converting again", flush=True)
         if why is not None:
-            if verify(ckpt_dir / tag) is not None:
-                raise CheckpointError(f"refusing to convert {ckpt_dir / tag}: {verify(ckpt_dir / tag)}")
+            src_why = verify(ckpt_dir / tag)
+            if src_why is not None:
+                raise CheckpointError(f"refusing to convert {ckpt_dir / tag}: {src_why}")
             universal_ckpt.convert(ckpt_dir, tag, out)
             write_manifest(ckpt_dir / out, out, {"universal_of": tag})
     barrier()
@@ -253,11 +254,12 @@ def consolidated_state_dict(ckpt_dir: Path, tag: str | None = None) -> dict[str,
     """fp32 state dict with all ZeRO partitions merged (any stage, any world size), from a
     checkpoint whose signed manifest verifies (DeepSpeed's files are pickles)."""
     ckpt_dir = Path(ckpt_dir)
-    tag = tag or pick_tag(ckpt_dir)
+    picked = tag is None
+    tag = tag or pick_tag(ckpt_dir)   # pick_tag returns only a checkpoint that verified
     if tag is None:
         raise CheckpointError(f"{ckpt_dir}: no checkpoint to consolidate")
     folder = ckpt_dir / tag
-    why = verify(folder)
+    why = None if picked else verify(folder)
     if why:
         raise CheckpointError(f"refusing to load {folder}: {why}")
     if any(folder.glob("*optim_states.pt")):

@@ -39,15 +39,13 @@ class CheckpointKeyError(RuntimeError):
     """The checkpoint key is missing, unreadable, too short or not the one a run was signed with."""
 
 
-def key(create: bool = True) -> bytes:
+def key() -> bytes:
     if os.environ.get(KEY_ENV):
         k = os.environ[KEY_ENV].encode()
         if len(k) < MIN_KEY:
             raise CheckpointKeyError(f"${KEY_ENV} has {len(k)} bytes; a checkpoint key needs at least {MIN_KEY}")
         return k
     path = key_file()
-    if not path.exists() and not create:
-        raise CheckpointKeyError(f"no checkpoint key at {path}")
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
