@@ -11,8 +11,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "docs" / "benchmarks"
 
-# Dense (no sparsity) peak FLOP/s per device: the package's table (growclip_ds/cluster.py), by lower-case name.
-from growclip_ds.cluster import GPUS  # noqa: E402
+# Dense (no sparsity) peak FLOP/s per device: the package's table (growclip_train/plan_cluster.py), by lower-case name.
+from growclip_train.plan_cluster import GPUS  # noqa: E402
 
 PEAK_FLOPS = {kind.lower(): peaks for kind, (peaks, _) in GPUS.items()}
 

@@ -20,11 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import PEAK_FLOPS, write_record  # noqa: E402
-from growclip_ds.cluster import PAPER_PARAMS, TABLE7, growth_path  # noqa: E402
-from growclip_ds.presets import PRESETS  # noqa: E402
+from growclip_ds.config import replace  # noqa: E402
 from growclip_ds.growth import space  # noqa: E402
 from growclip_ds.model import param_count  # noqa: E402
-from growclip_ds.model.flops import forward_flops, image_flops, train_flops  # noqa: E402
+from growclip_ds.model.flops import forward_flops  # noqa: E402
+from growclip_ds.presets import PRESETS  # noqa: E402
+from growclip_train.plan_cluster import PAPER_PARAMS, TABLE7, growth_path  # noqa: E402
+from growclip_train.step_phases import step_costs  # noqa: E402
 
 PAPER_NAS_S4 = 325.9e6
 
@@ -34,7 +36,7 @@ def nearest(cands, target):
 
 
 def fitted_path():
-    """The step 1..4 architectures (growclip_ds.cluster.growth_path: nearest the paper's parameter
+    """The step 1..4 architectures (growclip_train.plan_cluster.growth_path: nearest the paper's parameter
     counts) and the NAS-S4 choice, fitted the same way."""
     cfg = PRESETS["paper"]
     archs = dict(enumerate(growth_path(cfg, 4), start=1))
@@ -43,36 +45,33 @@ def fitted_path():
 
 
 def recipes(n_part: float, gas_images: int):
-    """Each Table 7 recipe as phases (label, samples, training FLOPs per sample)."""
-    growth, archs, nas = fitted_path()
-    vit = PRESETS["vit-b-16"].arch
+    """Each Table 7 recipe as growclip_train.step_phases.step_costs phases (label, samples, training FLOPs per
+    sample; GAS as one whole-phase figure), with the architecture it ends with."""
+    _, archs, nas = fitted_path()
+    paper, vit = PRESETS["paper"], PRESETS["vit-b-16"]
+
+    def rows(costs, rename=None):
+        return [((rename or {}).get(c.phase, c.phase), c.samples, c.flops_per_sample) for c in costs]
 
     def grow(t, final_epochs):
-        sup = space.supernet(archs[t - 1], growth)
-        mean_sub = sum(train_flops(c) for c in space.candidates(archs[t - 1], growth)) / space.NUM_CANDIDATES
-        n = t * n_part
-        gas = sum(gas_images * image_flops(c) for kind, _, c in _variants(archs[t - 1], growth) if kind == "img")
-        return [("supernet", 2 * n, train_flops(sup)), ("sample", 2 * n, mean_sub),
-                ("gas", 1, gas), ("final", final_epochs * n, train_flops(archs[t]))]
+        cfg = replace(paper, growth=replace(paper.growth, final_epochs=final_epochs))
+        return rows(step_costs(cfg, t, archs[t - 1], t * n_part, chosen=archs[t], gas_images=gas_images))
 
-    nas_sup = space.supernet(archs[3], growth)
-    nas_mean = sum(train_flops(c) for c in space.candidates(archs[3], growth)) / space.NUM_CANDIDATES
+    def scratch(cfg, arch, steps):
+        return rows(step_costs(replace(cfg, arch=arch, train=replace(cfg.train, epochs=30)), 1, None, steps * n_part))
+
+    # NAS: one sampled phase from scratch instead of supernet fine-tuning, then GAS, then the choice from scratch
+    nas_cfg = replace(paper, growth=replace(paper.growth, sample_epochs=30, final_epochs=30))
+    nas_costs = rows(step_costs(nas_cfg, 4, archs[3], 4 * n_part, chosen=nas, gas_images=gas_images, ablate={"st"}),
+                     {"sample": "supernet (sampled, from scratch)", "final": "final (from scratch)"})
     return {
-        "CLIP-S2 (TFS)": ([("train", 30 * 2 * n_part, train_flops(vit))], vit),
+        "CLIP-S2 (TFS)": (scratch(vit, vit.arch, 2), vit.arch),
         "GrowCLIP-S2": (grow(2, 26), archs[2]),
-        "GrowCLIP-S4 (TFS)": ([("train", 30 * 4 * n_part, train_flops(archs[4]))], archs[4]),
+        "GrowCLIP-S4 (TFS)": (scratch(paper, archs[4], 4), archs[4]),
         "GrowCLIP-S4 (9 ep)": (grow(4, 5), archs[4]),
-        "NAS-S4": ([("supernet (sampled, from scratch)", 30 * 4 * n_part, nas_mean),
-                    ("gas", 1, sum(gas_images * image_flops(c) for k, _, c in _variants(archs[3], growth) if k == "img")),
-                    ("final (from scratch)", 30 * 4 * n_part, train_flops(nas))], nas),
+        "NAS-S4": (nas_costs, nas),
         "GrowCLIP-S4": (grow(4, 26), archs[4]),
-    }, archs, nas, nas_sup
-
-
-def _variants(prev, growth):
-    from growclip_ds.growth.gas import variants
-
-    return variants(prev, growth)
+    }, archs, nas, space.supernet(archs[3], paper.growth)
 
 
 def main() -> None:

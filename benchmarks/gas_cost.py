@@ -29,14 +29,14 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
-    from growclip_ds.config import load_config
-    from growclip_ds.data.tokenizer import TextTokenizer
     from growclip_ds.config import replace
+    from growclip_ds.data.tokenizer import TextTokenizer
     from growclip_ds.eval.evaluate import selection_sets
     from growclip_ds.growth import space
-    from growclip_ds.growth.gas import read_scores, run_gas, score_each_candidate
-    from growclip_ds.rundir import StepDir
     from growclip_ds.model import GrowCLIP, param_count
+    from growclip_ds.presets import load_config
+    from growclip_train.gas import read_scores, run_gas, score_each_candidate
+    from growclip_train.rundir import StepDir
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)

@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from growclip_ds.report import step_rows  # noqa: E402
-from growclip_ds.rundir import RunDir  # noqa: E402
+from growclip_train.report import step_rows  # noqa: E402
+from growclip_train.rundir import RunDir  # noqa: E402
 
 METHODS = ("growclip", "twp", "tfs", "tfs-chosen", "cumulative-all")
 

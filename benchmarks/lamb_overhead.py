@@ -30,11 +30,11 @@ def worker(args) -> None:
     import torch
     from timm.optim import Lamb
 
-    from growclip_ds.config import load_config
     from growclip_ds.loss import clip_loss
     from growclip_ds.model import GrowCLIP
-    from growclip_ds.train.engine import build_ds_config, param_groups
-    from growclip_ds.train.lamb import PartitionedLamb, attach_to_engine
+    from growclip_ds.presets import load_config
+    from growclip_train.train.engine import build_ds_config, param_groups
+    from growclip_train.train.lamb import PartitionedLamb, attach_to_engine
 
     deepspeed.init_distributed(dist_backend="gloo")
     world = torch.distributed.get_world_size()
@@ -87,7 +87,7 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         return worker(args)
-    from growclip_ds.local_launch import local_command, local_env
+    from growclip_train.local_launch import local_command, local_env
 
     env = local_env()
     res = {"exact": {"step": [], "opt": []}, "naive": {"step": [], "opt": []}}

@@ -39,13 +39,13 @@ def reset_high_water() -> None:
 def child(head_dim: int, tmp: Path) -> dict:
     import gc
 
-    from growclip_ds.config import load_config
+    from growclip_ds import model_folder
     from growclip_ds.growth import space
     from growclip_ds.growth.pim import pim
     from growclip_ds.model import GrowCLIP, param_count
-    from growclip_ds import model_folder
-    from growclip_ds.rundir import GROWTHS, RunDir
-    from growclip_ds.train.engine import build_engine
+    from growclip_ds.presets import load_config
+    from growclip_train.rundir import GROWTHS, RunDir
+    from growclip_train.train.engine import build_engine
 
     cfg = load_config("paper", [f"arch.head_dim={head_dim}", "train.zero_stage=2", "train.global_batch=2",
                                 "train.micro_batch=2"])

@@ -36,18 +36,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO, machine  # noqa: E402
-from growclip_ds.local_launch import local_command, local_env  # noqa: E402
-from growclip_ds.compare import TABLE5  # noqa: E402
-from growclip_ds.config import load_config  # noqa: E402
 from growclip_ds.eval.sets import list_sets  # noqa: E402
 from growclip_ds.growth.space import FACTORS  # noqa: E402
-from growclip_ds.methods import RECIPES  # noqa: E402
-from growclip_ds.pipeline import ABLATIONS  # noqa: E402
-from growclip_ds.rundir import PIM1, PIM3, RunDir  # noqa: E402
+from growclip_ds.presets import load_config  # noqa: E402
+from growclip_train.compare import TABLE5  # noqa: E402
+from growclip_train.local_launch import local_command, local_env  # noqa: E402
+from growclip_train.methods import RECIPES  # noqa: E402
+from growclip_train.phases import ABLATIONS  # noqa: E402
+from growclip_train.rundir import PIM3, RunDir  # noqa: E402
+from growclip_train.step_phases import phases_before, split_epochs  # noqa: E402
 
-# What a step-2 phase of GrowCLIP needs switched on to be the same as in the full method's run: a run
-# with ablations copies the finished phases upstream of its first switched-off component.
-UPSTREAM = ((PIM1, PIM1), ("st", "supernet"), ("gas", "sample"), ("gas", "gas"))
 SKIP_ON_COPY = ("checkpoints", "tb", "csv")   # a finished phase's DeepSpeed checkpoints are not needed downstream
 
 
@@ -62,21 +60,6 @@ class Run:
     share: tuple = ()              # finished phases of ``share_from``'s step 2 copied in
     share_from: str = "growclip"
     arch_from: str = ""            # train the last architecture this run chose (the paper's TFS row of GrowCLIP)
-
-
-def shared_phases(ablate) -> tuple:
-    out = []
-    for component, phase in UPSTREAM:
-        if component in ablate:
-            break
-        out.append(phase)
-    return tuple(out)
-
-
-def budget_overrides(epochs: float) -> list[str]:
-    e = epochs
-    return [f"train.epochs={e}", f"growth.supernet_epochs={e * 2 / 30:.6g}",
-            f"growth.sample_epochs={e * 2 / 30:.6g}", f"growth.final_epochs={e * 26 / 30:.6g}"]
 
 
 def half_size(arch) -> list[str]:
@@ -116,12 +99,12 @@ def plan(cfg, methods: list[str], last: int, tables: set, modes: list[str]) -> l
                 continue
             off = ",".join(c for c in ABLATIONS if c in ablate)
             runs.append(Run("ablate-" + off.replace(",", "-") + suffix, steps=(2,), args=("--ablate", off),
-                            sets=(f"growth.inherit={mode}",), share=shared_phases(ablate), share_from=src))
+                            sets=(f"growth.inherit={mode}",), share=phases_before(ablate), share_from=src))
     first = growclip_name(modes[0], modes)
     for k, (field, _) in enumerate([("none", None)] + list(FACTORS) if "9" in tables else []):
         index = 0 if k == 0 else 2 ** (k - 1)
         runs.append(Run(f"grow-{field}", steps=(2,), args=("--candidate", str(index)),
-                        sets=(f"growth.inherit={modes[0]}",), share=shared_phases({"gas"}), share_from=first))
+                        sets=(f"growth.inherit={modes[0]}",), share=phases_before({"gas"}), share_from=first))
     return runs
 
 
@@ -277,7 +260,7 @@ def main() -> int:
     ap.add_argument("--publish", default="", metavar="DIR",
                     help="also copy comparison.md, reproduce.json and the PNGs into DIR (e.g. under docs/results/)")
     args = ap.parse_args()
-    sets = budget_overrides(args.budget) + ["train.warmup_steps=10", "train.checkpoint_every=1000"]
+    sets = split_epochs(args.budget) + ["train.warmup_steps=10", "train.checkpoint_every=1000"]
     sets += ["train.match=flops"] if args.match == "flops" else []
     sets += args.set
     cfg = load_config(args.config, sets)
@@ -290,7 +273,7 @@ def main() -> int:
         raise SystemExit(f"--methods: {CHOSEN} trains the architecture GrowCLIP chose: add growclip")
     last = args.steps or cfg.data.num_steps
     if not (Path(cfg.data.root) / "manifest.parquet").exists():
-        subprocess.run([sys.executable, "-m", "growclip_ds.cli", "data", "make", "--config", args.config]
+        subprocess.run([sys.executable, "-m", "growclip_train.cli", "data", "make", "--config", args.config]
                        + sum((["--set", s] for s in sets), []), check=True, env=local_env())
     if "patching" in methods and not any(s.kind == "retrieval" for s in list_sets(cfg.data.root, cfg.data.eval,
                                                                                 "selection")):
@@ -317,7 +300,7 @@ def main() -> int:
                           wall_min=round(before["wall_min"] + record["wall_min"], 1), command=before["command"])
     if runner.total or not path.exists():   # nothing run: keep the record of the runs that did the work
         path.write_text(json.dumps(record, indent=1))
-    from growclip_ds.compare import write_comparison
+    from growclip_train.compare import write_comparison
 
     path = write_comparison(out)
     print(f"[reproduce] report: {path}")

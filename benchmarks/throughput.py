@@ -10,7 +10,7 @@ architecture it can express: ``arch.stem=patch``, ``arch.tower=clip``).
     torchrun --nproc_per_node 8 benchmarks/throughput.py --config vit-b-16 --precision bf16 ...  # GPU
 
 Without RANK in the environment it starts ``--ranks`` local processes with torchrun (CPU: gloo).
-The engine is built by ``growclip_ds.train.engine.build_engine``, the trainer's own function.
+The engine is built by ``growclip_train.train.engine.build_engine``, the trainer's own function.
 MFU = model FLOPs (3 x forward per sample) / peak; on CPU the peak is an fp32 matmul measured by
 all ranks at once in the same run, on a GPU the data-sheet peak (``common.PEAK_FLOPS``).
 Writes docs/benchmarks/throughput_<config>_zero<k>_w<ranks>_<device>_<date>.{json,md}.
@@ -64,7 +64,7 @@ class DDPTrainer:
         import torch
         from torch.nn.parallel import DistributedDataParallel
 
-        from growclip_ds.train.engine import param_groups
+        from growclip_train.train.engine import param_groups
 
         self.model = DistributedDataParallel(model.to(device), device_ids=[device.index] if device.type == "cuda" else None)
         groups = groups or param_groups(model, t.weight_decay)
@@ -153,11 +153,11 @@ def worker(args) -> None:
     import torch
     import torch.distributed as dist
 
-    from growclip_ds.config import load_config
     from growclip_ds.loss import clip_loss
     from growclip_ds.model import GrowCLIP, param_count
     from growclip_ds.model.flops import hardware_train_flops, train_flops
-    from growclip_ds.train.engine import build_engine, on_cpu
+    from growclip_ds.presets import load_config
+    from growclip_train.train.engine import build_engine, on_cpu
 
     overrides = [f"train.zero_stage={args.zero}", f"train.precision={args.precision}",
                  f"train.grad_checkpointing={args.grad_ckpt}"] + args.set
@@ -331,7 +331,7 @@ def main() -> None:
     args = p.parse_args()
     if "RANK" in os.environ:
         return worker(args)
-    from growclip_ds.local_launch import local_command, local_env
+    from growclip_train.local_launch import local_command, local_env
 
     cmd = local_command([__file__] + sys.argv[1:], args.ranks, args.master_port, launcher="torchrun")
     sys.exit(subprocess.run(cmd, env=local_env()).returncode)

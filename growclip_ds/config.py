@@ -1,19 +1,15 @@
-"""Typed, validated configuration and named presets.
+"""Typed, validated configuration: one ``RunConfig`` (architecture, training, data, growth, method) per run.
 
-Every run is described by one ``RunConfig`` (architecture, training, data, growth). Configs come
-from a preset name or a JSON file, plus ``--set section.field=value`` overrides, and are validated
-before any process group starts: a bad value raises one ``ConfigError`` naming the field.
-
-    >>> cfg = load_config("demo", ["train.lr=0.002"])
+Configs come from a preset name or a JSON file plus ``--set section.field=value`` overrides
+(``presets.load_config``), and are validated before any process group starts: a bad value raises one
+``ConfigError`` naming the field.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import math
 from dataclasses import dataclass, field, fields, asdict
-from pathlib import Path
 
 from .arch import ArchConfig  # noqa: F401  (part of this module's API: RunConfig.arch)
 from .config_fields import ConfigError, _check, _from_dict  # noqa: F401  (ConfigError is part of this module's API)
@@ -204,7 +200,7 @@ class GrowthConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Constants of the baselines and TiC-CLIP's methods (growclip_ds/methods.py says what each does)."""
+    """Constants of the baselines and TiC-CLIP's methods (growclip_train/methods.py says what each does)."""
 
     step_samples: int = 0             # C, TiC's per-step budget in samples; 0: train.epochs x N^1
     sap_shrink: float = 0.5           # SAP: w = shrink * w_old + noise * w_rand
@@ -281,39 +277,6 @@ class RunConfig:
                    growth=_from_dict(GrowthConfig, d.get("growth", {}), "growth"),
                    method=_from_dict(MethodConfig, d.get("method", {}), "method"),
                    name=d.get("name", "custom"))
-
-
-def load_config(source: str, overrides: list[str] | None = None) -> RunConfig:
-    """A preset name or a JSON file path, then ``section.field=value`` overrides, validated."""
-    from .presets import PRESETS
-
-    if source in PRESETS:
-        d = PRESETS[source].to_dict()
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config: {source!r} is neither a preset ({', '.join(PRESETS)}) nor a JSON file")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config: {path} is not valid JSON ({e})") from None
-        if "preset" in d:  # a file may start from a preset and change a few fields
-            base = load_config(d.pop("preset")).to_dict()
-            for sec, vals in d.items():
-                if sec not in base:
-                    raise ConfigError(f"{path}: {sec}: unknown config section; known: "
-                                      f"{', '.join(k for k in base if k != 'name')}, name, preset")
-                base[sec] = {**base[sec], **vals} if isinstance(vals, dict) else vals
-            d = base
-    for ov in overrides or []:
-        if "=" not in ov or "." not in ov.split("=", 1)[0]:
-            raise ConfigError(f"override {ov!r}: expected section.field=value, e.g. train.lr=0.001")
-        key, value = ov.split("=", 1)
-        sec, fname = key.split(".", 1)
-        if sec not in ("arch", "train", "data", "growth", "method"):
-            raise ConfigError(f"{key}: unknown config section {sec!r}; known: arch, train, data, growth, method")
-        d[sec] = {**d.get(sec, {}), fname: value}
-    return RunConfig.from_dict(d).validate()
 
 
 def replace(cfg, **changes):

@@ -213,7 +213,7 @@ def export(step_dir, fmt: str, out, tokenizer_dir=None) -> Path:
     from .data.tokenizer import TextTokenizer
     from .export_remote import model_card
     from .fileio import atomic_path
-    from .factory import run_tokenizer_dir
+    from .model_folder import run_tokenizer_dir
     from .model_folder import read_model
 
     if fmt not in FORMATS:

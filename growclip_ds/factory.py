@@ -27,18 +27,11 @@ def build(state: dict, arch: ArchConfig, device="cpu") -> GrowCLIP:
     return model
 
 
-def run_tokenizer_dir(step_dir) -> Path:
-    """The tokenizer a step folder was trained with: its run's copy (``rundir``)."""
-    from .rundir import run_of
-
-    return run_of(step_dir).tokenizer
-
-
 def load(step_dir, device="cpu", tokenizer=None):
     """(model in eval mode on ``device``, image transform, tokenizer) of a finished step folder."""
     from .data.loader import image_transform
     from .data.tokenizer import TextTokenizer
-    from .model_folder import read_model
+    from .model_folder import read_model, run_tokenizer_dir
 
     state, arch = read_model(Path(step_dir))
     tok_dir = Path(tokenizer) if tokenizer else run_tokenizer_dir(step_dir)

@@ -33,14 +33,17 @@ def _remove(p: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: Path):
+def atomic_path(path: Path, shared: bool = False):
     """A temporary path beside ``path`` for the caller to write (a file, or a folder it creates); when the
     block ends without an error it is fsynced (a folder: every file in it) and renamed over ``path`` (a
     folder replaces only an absent or empty one), and the parent folder is fsynced. On an error the
-    temporary is removed and ``path`` is untouched: a reader sees the old version or the new, whole."""
+    temporary is removed and ``path`` is untouched: a reader sees the old version or the new, whole.
+    ``shared``: several processes may write the same folder at once (ranks): each has its own temporary,
+    and the first whole folder renamed in place stays (the others are dropped)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")   # one name: a writer killed mid-way leaves one file the next replaces
+    # one name: a writer killed mid-way leaves one file the next replaces; shared: one per process
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp" if shared else f".{path.name}.tmp")
     _remove(tmp)
     try:
         yield tmp
@@ -48,7 +51,11 @@ def atomic_path(path: Path):
             fsync_path(f)
         if tmp.is_dir() and path.is_dir() and not any(path.iterdir()):
             path.rmdir()
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not (shared and tmp.is_dir() and path.is_dir()):   # another process's folder got there first
+                raise
         fsync_path(path.parent)
     finally:
         _remove(tmp)

@@ -18,8 +18,25 @@ from .arch import ArchConfig
 from .distributed import barrier, rank_world
 from .fileio import atomic_path, atomic_write_text
 
-MODEL = "model.safetensors"   # the format's two file names (rundir.py lays out where model folders are)
+MODEL = "model.safetensors"   # the format's two file names (growclip_train/rundir.py lays out where model folders are)
 ARCH = "arch.json"
+RUN_TOKENIZER = "tokenizer"   # a step folder's run keeps the tokenizer it trained with beside it: <run>/tokenizer
+
+
+class NonFiniteError(RuntimeError):
+    """The run diverged; the message says where, what was kept and what to do."""
+
+
+def nonfinite_tensors(state: dict) -> list[str]:
+    """Names of the tensors of a state dict that hold NaN or inf."""
+    import torch
+
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def run_tokenizer_dir(step_dir) -> Path:
+    """The tokenizer a step folder (``<run>/step<t>``) was trained with: its run's copy."""
+    return Path(step_dir).resolve().parent / RUN_TOKENIZER
 
 
 def arch_from_record(record: dict, where: str = "arch") -> ArchConfig:
@@ -39,8 +56,6 @@ def write_arch(folder: Path, arch: ArchConfig, extra: dict | None = None) -> Non
 def write_model(folder: Path, state_dict: dict, arch: ArchConfig, extra: dict | None = None) -> None:
     """Weights then architecture, each atomically (the weights fsynced before their rename). A state
     holding NaN/inf is refused: a diverged model is never written."""
-    from .train.nonfinite import NonFiniteError, nonfinite_tensors
-
     folder = Path(folder)
     bad = nonfinite_tensors(state_dict)
     if bad:

@@ -1,8 +1,14 @@
 """Named presets: tiny (tests), demo (the main job on 2 CPU cores), paper (GrowCLIP's recipe) and
-vit-b-16 (CLIP's plain ViT-B/16 baselines). ``config.load_config(name)`` starts from one."""
+vit-b-16 (CLIP's plain ViT-B/16 baselines), and ``load_config``: a preset or a JSON file plus overrides.
+
+    >>> cfg = load_config("demo", ["train.lr=0.002"])
+"""
 from __future__ import annotations
 
-from .config import ArchConfig, DataConfig, GrowthConfig, RunConfig, TrainConfig
+import json
+from pathlib import Path
+
+from .config import ArchConfig, ConfigError, DataConfig, GrowthConfig, RunConfig, TrainConfig
 
 _TINY_ARCH = ArchConfig(img_conv_layers=1, img_blocks=2, img_heads=2, txt_blocks=2, txt_heads=2,
                         shared_blocks=0, head_dim=16, image_size=32, patch_size=8, context_length=16,
@@ -52,3 +58,34 @@ PRESETS: dict[str, RunConfig] = {
                         shared_blocks=0, stem="patch", stem_channels=0, tower="clip"),
         growth=GrowthConfig(delta_conv_layers=0, delta_shared_blocks=0)),
 }
+
+
+def load_config(source: str, overrides: list[str] | None = None) -> RunConfig:
+    """A preset name or a JSON file path, then ``section.field=value`` overrides, validated."""
+    if source in PRESETS:
+        d = PRESETS[source].to_dict()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config: {source!r} is neither a preset ({', '.join(PRESETS)}) nor a JSON file")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config: {path} is not valid JSON ({e})") from None
+        if "preset" in d:  # a file may start from a preset and change a few fields
+            base = load_config(d.pop("preset")).to_dict()
+            for sec, vals in d.items():
+                if sec not in base:
+                    raise ConfigError(f"{path}: {sec}: unknown config section; known: "
+                                      f"{', '.join(k for k in base if k != 'name')}, name, preset")
+                base[sec] = {**base[sec], **vals} if isinstance(vals, dict) else vals
+            d = base
+    for ov in overrides or []:
+        if "=" not in ov or "." not in ov.split("=", 1)[0]:
+            raise ConfigError(f"override {ov!r}: expected section.field=value, e.g. train.lr=0.001")
+        key, value = ov.split("=", 1)
+        sec, fname = key.split(".", 1)
+        if sec not in ("arch", "train", "data", "growth", "method"):
+            raise ConfigError(f"{key}: unknown config section {sec!r}; known: arch, train, data, growth, method")
+        d[sec] = {**d.get(sec, {}), fname: value}
+    return RunConfig.from_dict(d).validate()

@@ -19,7 +19,7 @@ sleep 1
     --save_additional_columns '["year"]' --output_format webdataset --output_folder "$WORK/shards" \
     --image_size 64 --resize_mode center_crop --number_sample_per_shard 100 --processes_count 1 \
     --thread_count 8 --enable_wandb False
-"$PY" -m growclip_ds.cli data split "$WORK/shards" --by year --holdout 80 --vocab-size 512
+"$PY" -m growclip_train.cli data split "$WORK/shards" --by year --holdout 80 --vocab-size 512
 # the sets data split carved (retrieval: test and selection) plus the two zero-shot benchmarks
 cat > "$WORK/own.json" <<JSON
 {"preset": "demo", "data": {"root": "$WORK/shards", "eval": [
@@ -28,9 +28,5 @@ cat > "$WORK/own.json" <<JSON
   {"name": "colour", "path": "$WORK/bench/colour", "kind": "zeroshot", "role": "test"},
   {"name": "shape", "path": "$WORK/bench/shape", "kind": "zeroshot", "role": "test"}]}}
 JSON
-for STEP in 1 2; do
-    "$PY" -m deepspeed.launcher.runner --num_accelerators 2 --master_port 29631 "$REPO/launchers/grow.py" \
-        --step $STEP --config "$WORK/own.json" --run-dir "$WORK/run" --no-progress
-done
-"$PY" -m growclip_ds.cli report "$WORK/run"
-cat "$WORK/run/report.md"
+# steps 1 and 2 on 2 local ranks (growclip_train/local_launch.py builds the command), then the report
+"$PY" -m growclip_train.cli demo --config "$WORK/own.json" --steps 2 --ranks 2 --run-dir "$WORK/run"

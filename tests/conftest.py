@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 # ninja and the system's hash build commands differently, so mixing them rebuilds shm_comm (70-130 s)
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
-from growclip_ds.local_launch import free_port, local_command, local_env  # noqa: E402,F401 (free_port: for tests)
+from growclip_train.local_launch import free_port, local_command, local_env  # noqa: E402,F401 (free_port: for tests)
 
 
 # A test that starts processes (a launcher, ranks, a batch script, a wheel install), itself or through a
@@ -50,8 +51,8 @@ def _checkpoint_key(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    from growclip_ds.presets import PRESETS
     from growclip_ds.data.builtin import make_builtin
+    from growclip_ds.presets import PRESETS
 
     cfg = PRESETS["tiny"]
     root = tmp_path_factory.mktemp("data") / "tiny"
@@ -59,6 +60,55 @@ def tiny_data(tmp_path_factory) -> Path:
     make_builtin(root, d.num_steps, d.samples_per_step, d.shard_size, d.eval_per_class, d.retrieval_size,
                  vocab_size=cfg.arch.vocab_size, progress=False)
     return root
+
+
+# Multi-rank runs that several test files read, each launched once per session (a launch costs ~10 s
+# before it trains). Tests that train further copy what they need (``copy_run``) and never change these.
+STEP1 = ["--step", "1", "--config", "tiny", "--set", "train.epochs=3", "--set", "train.log_every=1",
+         "--set", "train.zero_stage=2", "--set", "train.monitor=tensorboard,csv"]
+
+
+@pytest.fixture(scope="session")
+def step1_run(tiny_data, tmp_path_factory) -> Path:
+    """Step 1 of the tiny config on 2 ranks (ZeRO-2, 3 epochs = 12 steps, every step logged, DeepSpeed's
+    TensorBoard and CSV monitors): the reference run of test_training and the start of every growth test."""
+    run = tmp_path_factory.mktemp("step1") / "run"
+    launch(STEP1 + ["--set", f"data.root={tiny_data}", "--run-dir", str(run)])
+    return run
+
+
+@pytest.fixture(scope="session")
+def grown_run(step1_run, tiny_data, tmp_path_factory) -> Path:
+    """``step1_run``'s step 1, then growth step 2 on 2 ranks under ZeRO-3 (supernet, sample, GAS, final)."""
+    run = copy_run(step1_run, tmp_path_factory.mktemp("grown") / "run", ["step1"])
+    launch(["--step", "2", "--config", "tiny", "--set", f"data.root={tiny_data}", "--run-dir", str(run),
+            "--set", "train.zero_stage=3"])
+    return run
+
+
+@pytest.fixture(scope="session")
+def rank_checks(tmp_path_factory) -> dict:
+    """tests/rank_worker.py's jobs, one torchrun launch per world size: LAMB under ZeRO (test_lamb) and the
+    loss on 2 ranks (test_loss). Returns {job: its output file}."""
+    tmp, out = tmp_path_factory.mktemp("ranks"), {}
+    jobs = {2: [("lamb", 1, 2, "exact"), ("lamb", 3, 2, "exact"), ("lamb", 2, 2, "naive"), ("loss",)],
+            3: [("lamb", 2, 3, "exact")]}
+    for world, todo in jobs.items():
+        files = {job: tmp / ("_".join(map(str, job)) + ".pt") for job in todo}
+        args = [f"lamb:{j[1]}:{j[3]}:{f}" if j[0] == "lamb" else f"loss:{f}" for j, f in files.items()]
+        p = run_bounded(local_command([str(REPO / "tests" / "rank_worker.py"), *args], world, launcher="torchrun"),
+                        local_env(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1"), timeout=300)
+        assert p.returncode == 0, p.stderr[-4000:]
+        out.update(files)
+    return out
+
+
+def copy_run(src: Path, dst: Path, parts: list[str]) -> Path:
+    """A new run folder holding ``parts`` of ``src`` (e.g. "step1", "step2/supernet") and its tokenizer,
+    without DeepSpeed checkpoints: what a later step or phase starts from."""
+    for part in parts + ["tokenizer"]:
+        shutil.copytree(src / part, dst / part, ignore=shutil.ignore_patterns("checkpoints", "LOCK"))
+    return dst
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -83,21 +133,26 @@ class PicklePayload:
         return (open, (str(self.marker), "w"))
 
 
-def _launch_cmd(args: list[str], ranks: int, launcher: str, env: dict | None) -> tuple[list[str], dict]:
-    env = local_env(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", **(env or {}))
+def _launch_cmd(args: list[str], ranks: int, launcher: str | None, env: dict | None) -> tuple[list[str], dict]:
+    """The command and environment of a local launch. Without a named launcher: torchrun for several ranks,
+    plain python for one (DeepSpeed's own launcher costs ~6 s more per start; tests that are about it, or
+    about the exit code it passes on, name it)."""
+    launcher = launcher or ("torchrun" if ranks > 1 else "python")
+    extra = {"MASTER_PORT": str(free_port())} if launcher == "python" else {}
+    env = local_env(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", **extra, **(env or {}))
     return local_command([str(REPO / "launchers" / "grow.py"), *args, "--no-progress"], ranks, launcher=launcher), env
 
 
-def start(args: list[str], ranks: int = 2, env: dict | None = None) -> subprocess.Popen:
-    """launchers/grow.py through the deepspeed launcher, in the background (for signals mid-run)."""
-    cmd, env = _launch_cmd(args, ranks, "deepspeed", env)
+def start(args: list[str], ranks: int = 2, env: dict | None = None, launcher: str | None = None) -> subprocess.Popen:
+    """launchers/grow.py on local ranks, in the background (for signals mid-run)."""
+    cmd, env = _launch_cmd(args, ranks, launcher, env)
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
 
-def launch(args: list[str], ranks: int = 2, launcher: str = "deepspeed", timeout: int = 300,
+def launch(args: list[str], ranks: int = 2, launcher: str | None = None, timeout: int = 300,
            check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run launchers/grow.py on ``ranks`` local ranks through a real launcher (deepspeed or torchrun)."""
+    """Run launchers/grow.py on ``ranks`` local ranks through a real launcher (see _launch_cmd)."""
     cmd, env = _launch_cmd(args, ranks, launcher, env)
     p = run_bounded(cmd, env, timeout)
     if check and p.returncode != 0:

@@ -7,14 +7,15 @@ import random
 import pytest
 import torch
 
-from growclip_ds.config import load_config, replace
+from growclip_ds.config import replace
 from growclip_ds.growth import space
-from growclip_ds.growth.gas import choose, size_term
 from growclip_ds.model import param_count
 from growclip_ds.model.flops import train_flops
-from growclip_ds.rundir import RunDir, StepDir
-from growclip_ds.train.budget import growth_shares, step_flops, steps_for_flops
-from tests.conftest import launch
+from growclip_ds.presets import load_config
+from growclip_train.gas import choose, size_term
+from growclip_train.rundir import RunDir, StepDir
+from growclip_train.train.budget import growth_shares, step_flops, steps_for_flops
+from tests.conftest import copy_run, launch
 
 
 def test_steps_for_flops_is_the_closest_whole_number_of_steps():
@@ -67,15 +68,14 @@ def test_compute_rule_penalises_each_doubling_and_keeps_no_growth_free(tmp_path)
     assert size_term(cands[5], prev, 1000, 1, 2, paper) == pytest.approx(paper.alpha * 0.5 * 1000 / param_count(cands[5]))
 
 
-def test_growth_step_spends_its_flop_budget(tiny_data, tmp_path):
-    """Step 1 and a GrowCLIP step 2 at match=flops on one rank: each phase's recorded FLOPs recomputed by
-    hand from its architecture (the sampled candidates re-drawn), the step within half a final step of F_2."""
-    run = tmp_path / "run"
+def test_growth_step_spends_its_flop_budget(step1_run, tiny_data, tmp_path):
+    """A GrowCLIP step 2 at match=flops on one rank after conftest.step1_run's step 1 (3 epochs): each
+    phase's recorded FLOPs recomputed by hand from its architecture (the sampled candidates re-drawn), the
+    step within half a final step of F_2."""
+    run = copy_run(step1_run, tmp_path / "run", ["step1"])
     sets = ["train.match=flops", "growth.select=compute", "train.epochs=3", "growth.supernet_epochs=0.3",
             "growth.sample_epochs=0.3", "growth.final_epochs=2.4", f"data.root={tiny_data}"]
-    common = ["--config", "tiny", "--run-dir", str(run)] + sum((["--set", s] for s in sets), [])
-    launch(["--step", "1"] + common, ranks=1)
-    launch(["--step", "2"] + common, ranks=1)
+    launch(["--step", "2", "--config", "tiny", "--run-dir", str(run)] + sum((["--set", s] for s in sets), []), ranks=1)
     cfg = load_config("tiny", sets)
     gb, n1, n2 = cfg.train.global_batch, 128, 256
     unit = train_flops(cfg.arch)
@@ -100,7 +100,7 @@ def test_growth_step_spends_its_flop_budget(tiny_data, tmp_path):
 
 
 def test_step_schedule_is_one_warm_up_and_one_cosine_over_the_phases():
-    from growclip_ds.train.engine import span_of_step_schedule
+    from growclip_train.train.engine import span_of_step_schedule
 
     w = 0.05
     ref = lambda x: (x + 1e-3) / (w + 1e-3) if x < w else 0.5 * (1 + math.cos(math.pi * (x - w) / (1 - w)))  # noqa: E731
@@ -115,7 +115,7 @@ def test_demo_stem_and_final_norm_choices():
     from growclip_ds.config import ConfigError
     from growclip_ds.model import GrowCLIP
     from growclip_ds.model.init import normal_draw
-    from growclip_ds.train.engine import param_groups
+    from growclip_train.train.engine import param_groups
 
     with pytest.raises(ConfigError, match="growth.delta_conv_layers"):
         load_config("demo", ["growth.delta_conv_layers=1"])        # a plain stem layer cannot start as the identity

@@ -6,9 +6,9 @@ import pickle
 import pytest
 import torch
 
-from growclip_ds.train import checkpoint, signing
-from growclip_ds.train.cadence import Cadence, retain, step_tags
-from growclip_ds.train.nonfinite import Guard, NonFiniteError, nonfinite_tensors
+from growclip_train.train import checkpoint, signing
+from growclip_train.train.cadence import Cadence, retain, step_tags
+from growclip_train.train.nonfinite import Guard, NonFiniteError, nonfinite_tensors
 from tests.conftest import PicklePayload
 
 
@@ -103,7 +103,7 @@ def test_tampered_pickle_is_refused_before_unpickling(tmp_path, monkeypatch):
 
 
 def test_skipped_fraction_is_reported_and_warned_above_the_rate(capsys):
-    from growclip_ds.train.trainer import skipped_fraction
+    from growclip_train.train.trainer import skipped_fraction
 
     assert skipped_fraction({"bad": 3, "raw": 400}, 0.01, "step1/train") == pytest.approx(0.0075)
     assert "WARNING" not in capsys.readouterr().out

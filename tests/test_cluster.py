@@ -5,11 +5,11 @@ import torch
 from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs, model_to_params
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
-from growclip_ds import cli
-from growclip_ds.cluster import activation_bytes, largest_layer, model_state_bytes, parse_cluster
-from growclip_ds.config import load_config
 from growclip_ds.growth import space
 from growclip_ds.model import GrowCLIP, param_count
+from growclip_ds.presets import load_config
+from growclip_train import cli
+from growclip_train.plan_cluster import activation_bytes, largest_layer, model_state_bytes, parse_cluster
 
 PAPER = load_config("paper", ["train.precision=bf16"])
 

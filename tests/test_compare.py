@@ -1,11 +1,11 @@
-"""The comparison report over run folders (growclip_ds/compare.py): each table's numbers against a hand
+"""The comparison report over run folders (growclip_train/compare.py): each table's numbers against a hand
 computation from the records written into small run folders (the files a real run writes, with the
 fields the report reads)."""
 import json
 import re
 from pathlib import Path
 
-from growclip_ds.compare import is_comparison, load_runs, table1, table5, table9, tic_summary, write_comparison
+from growclip_train.compare import is_comparison, load_runs, table1, table5, table9, tic_summary, write_comparison
 
 TASKS = {"colour": 8, "shape": 6}
 
@@ -93,9 +93,10 @@ def test_reproduce_plan_matches_the_tables():
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.reproduce import plan, shared_phases
-    from growclip_ds.compare import TABLE5
-    from growclip_ds.config import load_config
+    from benchmarks.reproduce import plan
+    from growclip_ds.presets import load_config
+    from growclip_train.compare import TABLE5
+    from growclip_train.step_phases import phases_before
 
     cfg = load_config("demo")
     runs = {r.name: r for r in plan(cfg, ["growclip", "tfs", "lwf"], 4, {"1", "5", "9"}, ["pim"])}
@@ -116,14 +117,14 @@ def test_reproduce_plan_matches_the_tables():
     assert (half["arch.img_blocks"], half["arch.img_heads"], half["arch.embed_dim"]) == \
         (str(cfg.arch.img_blocks // 2), str(cfg.arch.img_heads // 2), str(cfg.arch.embed_dim // 2))
     assert runs["lwf"].steps == (2, 3, 4) and runs["tfs-half"].steps == (1, 2, 3, 4)
-    assert shared_phases({"pim3"}) == ("pim1", "supernet", "sample", "gas")
-    assert shared_phases({"st", "gas", "pim3"}) == ("pim1",) and shared_phases({"pim1"}) == ()
+    assert phases_before({"pim3"}) == ("pim1", "supernet", "sample", "gas")
+    assert phases_before({"st", "gas", "pim3"}) == ("pim1",) and phases_before({"pim1"}) == ()
 
 
 def test_kept_and_table5_per_inheritance_mode(tmp_path):
     """A growclip run per mode: Table 5 splits by growth.inherit (plain-inheritance rows in both), and
     the kept figures of pim1/pim3 appear per run."""
-    from growclip_ds.compare import kept_summary
+    from growclip_train.compare import kept_summary
 
     step1 = (1000, {"colour": 0.25, "shape": 0.5}, 400, 4e12, 10.0, [0.2, 0.1])
     runs_made = (("growclip-preserve", "preserve", (), 0.75),

@@ -4,7 +4,8 @@ import json
 import pytest
 import torch.distributed as dist
 
-from growclip_ds.config import ConfigError, load_config
+from growclip_ds.config import ConfigError
+from growclip_ds.presets import load_config
 from growclip_ds.presets import PRESETS
 
 

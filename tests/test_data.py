@@ -13,8 +13,8 @@ from PIL import Image
 
 from growclip_ds.data.loader import EpochPlan, make_loader
 from growclip_ds.data.manifest import Manifest
-from growclip_ds.data.split import split_corpus
 from growclip_ds.data.shards import write_shard
+from growclip_ds.data.split import split_corpus
 from growclip_ds.data.tokenizer import TextTokenizer
 
 

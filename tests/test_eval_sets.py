@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from growclip_ds.config import load_config, replace
+from growclip_ds.config import replace
 from growclip_ds.data.loader import image_transform
 from growclip_ds.data.tokenizer import TextTokenizer
 from growclip_ds.eval import sets as evalsets
 from growclip_ds.eval.evaluate import EvalSets, classifier, evaluate
 from growclip_ds.model import GrowCLIP
+from growclip_ds.presets import load_config
 
 CFG = load_config("tiny")
 ARCH = CFG.arch

@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from growclip_ds import cli
-from growclip_ds.config import load_config
 from growclip_ds.data.tokenizer import TextTokenizer, train_bpe
 from growclip_ds.export import export
 from growclip_ds.model import GrowCLIP
 from growclip_ds.model_folder import write_model
+from growclip_ds.presets import load_config
+from growclip_train import cli
 
 CLIP_TOWERS = ["arch.stem=patch", "arch.stem_channels=0", "arch.img_conv_layers=0", "arch.tower=clip",
                "growth.delta_shared_blocks=0", "growth.delta_conv_layers=0", "arch.img_blocks=3"]
@@ -175,8 +175,8 @@ def test_every_architecture_exports_to_hugging_face_with_its_own_code(step, tmp_
     gives growclip_ds.load's unit-norm embeddings (1e-5) from the folder's tokenizer and image processor."""
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-    import growclip_ds
     from growclip_ds.config import replace
+    import growclip_ds
 
     arch = replace(load_config("tiny").arch, shared_blocks=1)
     model = GrowCLIP(arch, seed=1)

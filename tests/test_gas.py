@@ -5,14 +5,15 @@ import json
 import pytest
 import torch
 
-from growclip_ds.config import load_config, replace
+from growclip_ds.config import replace
 from growclip_ds.data.tokenizer import TextTokenizer
 from growclip_ds.eval.evaluate import EvalSets, evaluate, selection_accuracy
 from growclip_ds.growth import space
-from growclip_ds.rundir import StepDir
-from growclip_ds.growth.gas import read_scores, run_gas, score_each_candidate
 from growclip_ds.growth.slicing import slice_state_dict
 from growclip_ds.model import GrowCLIP, param_count
+from growclip_ds.presets import load_config
+from growclip_train.gas import read_scores, run_gas, score_each_candidate
+from growclip_train.rundir import StepDir
 
 CFG = load_config("tiny")
 PREV = CFG.arch
@@ -79,7 +80,7 @@ def test_gas_encodes_imagenet_sized_prompt_sets_in_bounded_batches(setup):
     """1000 classes x 80 templates: every GAS text variant feeds the encoder at most ``batch`` prompts
     at once (activation memory set by the batch, not by classes x templates), and the classifier rows
     equal a per-class recomputation."""
-    from growclip_ds.growth.gas import text_embeddings
+    from growclip_train.gas import text_embeddings
 
     model, _, tok = setup
     dset = type("Set", (), {"name": "imagenet-like", "kind": "zeroshot",

@@ -9,8 +9,8 @@ from growclip_ds.growth import space
 from growclip_ds.growth.pim import pim, rand_draw
 from growclip_ds.growth.slicing import state_shapes
 from growclip_ds.model import GrowCLIP, check_contains, param_count
+from growclip_ds.model.clip import arch_specs
 from growclip_ds.model.init import normal_std
-from growclip_ds.model.roles import arch_specs
 
 OLD = ArchConfig(img_conv_layers=1, img_blocks=2, img_heads=2, txt_blocks=2, txt_heads=2, shared_blocks=0,
                  head_dim=16, image_size=32, patch_size=8, context_length=12, embed_dim=48, stem_channels=6,

@@ -1,21 +1,20 @@
-"""Growth step 2 for real on 2 ranks (ZeRO-3), the sampled phase under ZeRO-2, a forced rank
-divergence, skipped-layer updates, and step 3 resharded onto 1 rank. Six launches, ~2 min."""
+"""Growth step 2 for real on 2 ranks (ZeRO-3, conftest.grown_run), the sampled phase under ZeRO-2, a forced
+rank divergence, skipped-layer updates, and step 3 resharded onto 1 rank."""
 import json
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from growclip_ds.config import load_config
 from growclip_ds.distributed import accelerator_device
 from growclip_ds.growth import space
 from growclip_ds.growth.pim import pim
 from growclip_ds.model.init import name_seed
 from growclip_ds.model_folder import read_model
-from growclip_ds.train.checkpoint import consolidated_state_dict
-from growclip_ds.train.schedule import warmup_for
-from tests.conftest import launch
+from growclip_ds.presets import load_config
+from growclip_train.train.checkpoint import consolidated_state_dict
+from growclip_train.train.schedule import warmup_for
+from tests.conftest import copy_run, launch
 
 
 def _common(data, run):
@@ -23,11 +22,9 @@ def _common(data, run):
 
 
 @pytest.fixture(scope="module")
-def run(tiny_data, tmp_path_factory):
-    run = tmp_path_factory.mktemp("grow") / "run"
-    launch(["--step", "1"] + _common(tiny_data, run))
-    launch(["--step", "2", "--set", "train.zero_stage=3"] + _common(tiny_data, run), launcher="torchrun")
-    return run
+def run(grown_run):
+    """conftest.grown_run: step 1 on 2 ranks, then step 2 on 2 ranks under ZeRO-3."""
+    return grown_run
 
 
 def _metrics(path):
@@ -54,9 +51,9 @@ def test_growth_records_what_it_kept(run, tiny_data):
     the old model's loss recomputed here from step 1's weights and the first samples of step 2's new data."""
     from growclip_ds.data.loader import first_samples
     from growclip_ds.data.manifest import Manifest
+    from growclip_ds.data.tokenizer import load_tokenizer
     from growclip_ds.loss import clip_loss
     from growclip_ds.model import GrowCLIP
-    from growclip_ds.data.tokenizer import load_tokenizer
 
     d = run / "step2"
     cfg = load_config("tiny", [f"data.root={tiny_data}"])
@@ -102,10 +99,7 @@ def test_gas_choice_is_the_argmax_of_gas_jsonl(run):
 
 def test_sampled_phase_under_zero2_and_skipped_layer_update(run, tiny_data, tmp_path):
     # a second run folder that shares step 1 and the step-2 supernet, then trains 1 sampled step at ZeRO-2
-    other = tmp_path / "run"
-    shutil.copytree(run / "step1", other / "step1")
-    shutil.copytree(run / "tokenizer", other / "tokenizer")
-    shutil.copytree(run / "step2" / "supernet", other / "step2" / "supernet", ignore=shutil.ignore_patterns("checkpoints"))
+    other = copy_run(run, tmp_path / "run", ["step1", "step2/supernet"])
     launch(["--step", "2", "--phase", "sample", "--stop-after-steps", "1", "--set", "train.zero_stage=2"]
            + _common(tiny_data, other))
     before = load_file(other / "step2" / "supernet" / "model.safetensors")
@@ -132,17 +126,15 @@ def test_sampled_phase_under_zero2_and_skipped_layer_update(run, tiny_data, tmp_
 
 
 def test_diverging_rank_aborts_with_a_message(run, tiny_data, tmp_path):
-    other = tmp_path / "run"
-    shutil.copytree(run / "step1", other / "step1")
-    shutil.copytree(run / "tokenizer", other / "tokenizer")
-    shutil.copytree(run / "step2" / "supernet", other / "step2" / "supernet", ignore=shutil.ignore_patterns("checkpoints"))
+    other = copy_run(run, tmp_path / "run", ["step1", "step2/supernet"])
     p = launch(["--step", "2", "--phase", "sample", "--set", "train.zero_stage=3"] + _common(tiny_data, other),
                check=False, timeout=120, env={"GROWCLIP_FAULT_SUBNET_RANK": "1"})
     assert p.returncode != 0
     assert "ranks hold different subnet candidates at iteration 0 (rank 0: 48, rank 1: 49)" in p.stderr + p.stdout
 
 
-def test_step3_on_one_rank_starts_from_the_pim_output(run, tiny_data):
+def test_step3_on_one_rank_starts_from_the_pim_output(run, tiny_data, tmp_path):
+    run = copy_run(run, tmp_path / "run", ["step1", "step2"])
     launch(["--step", "3", "--stop-after-steps", "0", "--set", "train.zero_stage=1"] + _common(tiny_data, run),
            ranks=1)
     cfg = load_config("tiny")
@@ -157,8 +149,8 @@ def test_step3_on_one_rank_starts_from_the_pim_output(run, tiny_data):
 
 
 def test_plan_and_report_of_the_run(run, tiny_data):
-    from growclip_ds.planning import plan_next_step
-    from growclip_ds.report import step_rows, write_report
+    from growclip_train.plan_step import plan_next_step
+    from growclip_train.report import step_rows, write_report
 
     cfg = load_config("tiny", [f"data.root={tiny_data}"])
     text = plan_next_step(cfg, run)
@@ -183,9 +175,7 @@ def test_preserve_through_deepspeed_keeps_the_function(run, tiny_data, tmp_path)
     loss and selection top-1 equal the old model's (the done-when: within 5% and 2 points)."""
     from growclip_ds.growth.preserve import preserve
 
-    other = tmp_path / "run"
-    for s in ("step1", "step2", "tokenizer"):
-        shutil.copytree(run / s, other / s, ignore=shutil.ignore_patterns("checkpoints"))
+    other = copy_run(run, tmp_path / "run", ["step1", "step2"])
     launch(["--step", "3", "--stop-after-steps", "0", "--set", "train.zero_stage=3", "--set",
             "growth.inherit=preserve"] + _common(tiny_data, other), ranks=1)
     cfg = load_config("tiny")

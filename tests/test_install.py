@@ -9,7 +9,7 @@ import sys
 import sysconfig
 import zipfile
 
-from growclip_ds.rundir import RunDir
+from growclip_train.rundir import RunDir
 from tests.conftest import REPO, free_port, run_bounded
 
 
@@ -27,8 +27,8 @@ def test_wheel_runs_the_demo_from_an_empty_folder(tmp_path):
                     str(src)], check=True, capture_output=True)
     wheel = next(wheels.glob("growclip_ds-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {f"growclip_ds/ds_configs/zero{k}.json" for k in range(4)} | {"growclip_ds/launch.py"} <= names
-    assert {"growclip_ds/data/manifest.py", "growclip_ds/train/trainer.py", "growclip_ds/growth/step.py"} <= names
+    assert {f"growclip_train/ds_configs/zero{k}.json" for k in range(4)} | {"growclip_train/launch.py"} <= names
+    assert {"growclip_ds/data/manifest.py", "growclip_train/train/trainer.py", "growclip_train/growth_step.py"} <= names
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
     site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], check=True,
@@ -43,9 +43,9 @@ def test_wheel_runs_the_demo_from_an_empty_folder(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(PATH=f"{venv / 'bin'}:{env['PATH']}", OMP_NUM_THREADS="1",
                TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions")))
-    where = subprocess.run([py, "-c", "import growclip_ds; print(growclip_ds.__file__)"], cwd=work, env=env,
-                           check=True, capture_output=True, text=True).stdout
-    assert where.startswith(site), where            # the installed copy, not this checkout
+    where = subprocess.run([py, "-c", "import growclip_ds, growclip_train; print(growclip_ds.__file__, growclip_train.__file__)"],
+                           cwd=work, env=env, check=True, capture_output=True, text=True).stdout.split()
+    assert all(w.startswith(site) for w in where), where     # the installed library and application, not this checkout
 
     p = run_bounded([str(venv / "bin" / "growclip-ds"), "demo", "--config", "tiny", "--steps", "1",
                      "--port", str(free_port())], env, timeout=600, cwd=work)

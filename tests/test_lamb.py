@@ -1,21 +1,18 @@
 """PartitionedLamb under ZeRO-1/2/3 at 2 and 3 ranks equals unpartitioned timm LAMB in one process;
-timm's LAMB as a plain client optimizer under ZeRO does not. Seven launches, ~1 min."""
-import subprocess
-
+timm's LAMB as a plain client optimizer under ZeRO does not. Cases run by conftest.rank_checks
+(one launch per world size)."""
 import pytest
 import torch
 
-from tests.conftest import REPO, local_command, local_env
-from tests.lamb_worker import LR, STEPS, WD, batch, groups, make_model
+from tests.rank_worker import LR, STEPS, WD, batch, groups, make_model
 
 
-def _run(stage, world, mode, tmp_path):
-    out = tmp_path / f"{mode}_z{stage}_w{world}.pt"
-    cmd = local_command([str(REPO / "tests" / "lamb_worker.py"), str(stage), mode, str(out)], world, launcher="torchrun")
-    p = subprocess.run(cmd, env=local_env(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                       timeout=300)
-    assert p.returncode == 0, p.stderr[-4000:]
-    return torch.load(out)
+CASES = [(1, 2, "exact"), (3, 2, "exact"), (2, 2, "naive"), (2, 3, "exact")]   # (ZeRO stage, world, mode)
+
+
+@pytest.fixture(scope="module")
+def results(rank_checks):
+    return {case: torch.load(rank_checks[("lamb",) + case]) for case in CASES}
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +33,10 @@ def _max_rel(a, b):
     return max(((a[k] - b[k]).norm() / b[k].norm()).item() for k in b)
 
 
-# every ZeRO stage once and both world sizes (each case is a multi-rank launch, ~20 s here)
+# every ZeRO stage once and both world sizes
 @pytest.mark.parametrize("stage,world", [(1, 2), (2, 3), (3, 2)])
-def test_partitioned_lamb_equals_single_process_lamb(stage, world, reference, tmp_path):
-    got = _run(stage, world, "exact", tmp_path)
+def test_partitioned_lamb_equals_single_process_lamb(stage, world, reference, results):
+    got = results[(stage, world, "exact")]
     assert _max_rel(got["state"], reference) < 1e-6
     # float64 trust ratios of step 1: m_hat = g, v_hat = g^2, so u = g / (|g| + eps) + wd * w
     model = make_model().double()
@@ -51,6 +48,6 @@ def test_partitioned_lamb_equals_single_process_lamb(stage, world, reference, tm
             assert got["trust1"][n] == pytest.approx((p.detach().norm() / u.norm()).item(), rel=1e-6)
 
 
-def test_naive_client_lamb_under_zero_differs(reference, tmp_path):
-    got = _run(2, 2, "naive", tmp_path)
+def test_naive_client_lamb_under_zero_differs(reference, results):
+    got = results[(2, 2, "naive")]
     assert _max_rel(got["state"], reference) > 1e-3

@@ -8,19 +8,20 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from growclip_ds import methods
+from growclip_ds import model_folder
 from growclip_ds.config import replace
-from growclip_ds.rundir import RunDir
-from growclip_ds.presets import PRESETS
 from growclip_ds.data.loader import EpochPlan, make_loader
 from growclip_ds.data.manifest import Manifest
 from growclip_ds.data.mixture import in_buffer, replay_mixture
 from growclip_ds.loss import lwf_kl
 from growclip_ds.model import GrowCLIP
+from growclip_ds.model.clip import arch_specs
 from growclip_ds.model.init import normal_std
-from growclip_ds.model.roles import Role, arch_specs
-from growclip_ds import model_folder
-from tests.conftest import launch
+from growclip_ds.model.roles import Role
+from growclip_ds.presets import PRESETS
+from growclip_train import methods
+from growclip_train.rundir import RunDir
+from tests.conftest import copy_run, launch
 
 
 def test_replay_buffers_by_hand():
@@ -127,13 +128,12 @@ def test_interpolation_is_exact():
         methods.interpolate(a, {"v": b["w"]}, 0.5)
 
 
-def test_patching_step_on_two_ranks(tiny_data, tmp_path):
-    """Step 1, then Patching's step 2 on 2 ranks: the step's model is exactly the interpolation of
-    the step-1 model and step 2's trained one at the recorded alpha; the trained phase read step 2
-    only; eval.json has a retrieval row per growth step (the TiC matrix's inputs)."""
-    run = tmp_path / "run"
+def test_patching_step_on_two_ranks(step1_run, tiny_data, tmp_path):
+    """Patching's step 2 on 2 ranks after conftest.step1_run's step 1: the step's model is exactly the
+    interpolation of the step-1 model and step 2's trained one at the recorded alpha; the trained phase
+    read step 2 only; eval.json has a retrieval row per growth step (the TiC matrix's inputs)."""
+    run = copy_run(step1_run, tmp_path / "run", ["step1"])
     common = ["--config", "tiny", "--set", f"data.root={tiny_data}", "--run-dir", str(run), "--method", "patching"]
-    launch(["--step", "1"] + common)
     launch(["--step", "2"] + common)
     how = json.loads((run / "step2" / "patch" / "done.json").read_text())
     old, new = load_file(str(run / "step1" / "model.safetensors")), load_file(str(run / "step2" / "train" /
@@ -151,7 +151,7 @@ def test_patching_step_on_two_ranks(tiny_data, tmp_path):
 
 
 def test_tic_matrix_and_transfer_by_hand(tmp_path):
-    from growclip_ds.tic import eval_matrix, transfer_summary
+    from growclip_train.tic_matrix import eval_matrix, transfer_summary
 
     values = [[0.5, 0.1, 0.2], [0.4, 0.6, 0.3]]       # two finished steps, three data steps
     for i, row in enumerate(values, 1):

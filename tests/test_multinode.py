@@ -1,7 +1,8 @@
 """The multi-node path for real on one machine: two "nodes" (127.0.0.1 and 127.0.0.2, each with an
 sshd, scripts/two_nodes.sh), reached by `deepspeed --hostfile` through pdsh, started by the SLURM
-batch script itself (hostfile mode) with a SLURM-style nodelist. Step 1, then step 2 with a rank
-on the second node killed during GAS, then the same command again: GAS over both nodes finishes."""
+batch script itself (hostfile mode) with a SLURM-style nodelist. Step 2 (from a local run's step 1 and
+supernet phases) with a rank on the second node killed during GAS, then the same command again: GAS over
+both nodes finishes, and the final phase trains across them."""
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port, run_bounded
+from tests.conftest import REPO, copy_run, free_port, run_bounded
 
 
 def _two_nodes(*args):
@@ -50,17 +51,17 @@ def sbatch_as_bash(tmp, args, fault=None):
                        timeout=240, kill_pattern=str(tmp))
 
 
-def test_growth_across_two_nodes_with_a_rank_killed_during_gas(two_nodes, tiny_data, tmp_path):
-    run = tmp_path / "run"
+def test_growth_across_two_nodes_with_a_rank_killed_during_gas(two_nodes, grown_run, tiny_data, tmp_path):
+    """Step 1 and step 2's supernet phases come from conftest.grown_run (2 local ranks); GAS and the
+    final phase run across the two nodes."""
+    run = copy_run(grown_run, tmp_path / "run", ["step1", "step2/supernet", "step2/sample"])
     common = ["--config", "tiny", "--set", f"data.root={tiny_data}", "--run-dir", str(run), "--no-progress"]
-    p1 = sbatch_as_bash(tmp_path, ["--step", "1"] + common)
-    assert p1.returncode == 0, p1.stdout[-3000:] + p1.stderr[-3000:]
+    killed = sbatch_as_bash(tmp_path, ["--step", "2"] + common, fault="gas@1:1")
+    out = killed.stdout + killed.stderr
+    assert killed.returncode != 0 and "fault injection: SIGKILL at gas 1 on rank 1" in out
     hostfile = next(tmp_path.glob("hostfile.*")).read_text()
     assert hostfile == "127.0.0.1 slots=1\n127.0.0.2 slots=1\n"
-    out = p1.stdout + p1.stderr
     assert "127.0.0.1" in out and "127.0.0.2" in out and "pdsh" in out   # DeepSpeed's multi-node runner
-    killed = sbatch_as_bash(tmp_path, ["--step", "2"] + common, fault="gas@1:1")
-    assert killed.returncode != 0 and "fault injection: SIGKILL at gas 1 on rank 1" in killed.stdout + killed.stderr
     gas_dir = run / "step2" / "gas"
     kept = {f.name: f.stat().st_mtime_ns for f in gas_dir.glob("*.safetensors")}
     assert kept and not (run / "step2" / "gas" / "done.json").exists()
@@ -73,7 +74,7 @@ def test_growth_across_two_nodes_with_a_rank_killed_during_gas(two_nodes, tiny_d
     assert sorted(r["index"] for r in rows) == list(range(64))
     ev = json.loads((run / "step2" / "eval.json").read_text())
     assert set(ev["zero_shot"]) == {"colour", "shape", "position"}
-    from growclip_ds.train.checkpoint import latest_tag, read_meta
+    from growclip_train.train.checkpoint import latest_tag, read_meta
 
     ckpt = run / "step2" / "final" / "checkpoints"
     assert read_meta(ckpt / latest_tag(ckpt))["world_size"] == 2    # one rank per node, two nodes

@@ -9,8 +9,8 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from growclip_ds.train import checkpoint
-from growclip_ds.train.preempt import PREEMPTED_EXIT
+from growclip_train.train import checkpoint
+from growclip_train.train.preempt import PREEMPTED_EXIT
 from tests.conftest import PicklePayload, launch
 
 BATCH = ["--set", "train.global_batch=48", "--set", "train.micro_batch=8"]  # divides 1, 2 and 3 ranks
@@ -35,7 +35,7 @@ def resized(tiny_data, tmp_path_factory):
     stop = run / "STOP"   # what the SLURM batch script writes when preemption is announced: dated after the
     stop.write_text("")   # launch began, as the batch script's trap writes it (an older STOP is ignored)
     os.utime(stop, (time.time() + 600, time.time() + 600))
-    first = launch(common(tiny_data, run), ranks=2, check=False)
+    first = launch(common(tiny_data, run), ranks=2, check=False, launcher="deepspeed")   # it passes exit 3 on
     stop.unlink()
     out = {"first": first, "runs": {}}
     for ranks in (3, 1):
@@ -140,7 +140,7 @@ def test_diverged_run_exits_4_keeps_the_last_finite_checkpoint(tiny_data, tmp_pa
     run = tmp_path / "run"
     p = launch(common(tiny_data, run) + ["--set", "train.weight_decay=1e30", "--set", "train.checkpoint_every=1",
                                          "--set", "train.epochs=3", "--set", "train.max_nonfinite=2"],
-               ranks=2, check=False)
+               ranks=2, check=False, launcher="deepspeed")   # it passes the ranks' exit code 4 on
     out = p.stdout + p.stderr
     assert p.returncode == 4, out[-3000:]
     assert "diverged" in out and "latest` is global_step1" in out

@@ -12,12 +12,13 @@ import time
 import pytest
 import webdataset as wds
 
-from growclip_ds import launch as launcher
-from growclip_ds import provenance
-from growclip_ds.config import ConfigError, load_config
-from growclip_ds.rundir import RunDir
-from growclip_ds.runlock import RunLock, RunLocked
-from growclip_ds.train import signing
+from growclip_ds.config import ConfigError
+from growclip_ds.presets import load_config
+from growclip_train import launch as launcher
+from growclip_train import provenance
+from growclip_train.rundir import RunDir
+from growclip_train.runlock import RunLock, RunLocked
+from growclip_train.train import signing
 
 
 def _args(data, run, *more):
@@ -194,7 +195,7 @@ def _img2dataset_folder(root):
 _HOLD = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from growclip_ds.runlock import RunLock
+from growclip_train.runlock import RunLock
 RunLock({run!r}).acquire()
 print("held", flush=True)
 time.sleep(600)

@@ -3,7 +3,7 @@ import subprocess
 
 import pytest
 
-from growclip_ds import slurm
+from growclip_train import slurm
 from tests.conftest import REPO
 
 
@@ -101,7 +101,7 @@ def test_batch_script_preemption_reaches_the_ranks_and_requeues(tmp_path, tiny_d
 
 
 def test_cli_prints_the_sbatch_command(tmp_path, capsys):
-    from growclip_ds.cli import main
+    from growclip_train.cli import main
 
     assert main(["slurm", str(tmp_path / "run"), "--step", "3", "--nodes", "4", "--config", "paper"]) == 0
     cmd = capsys.readouterr().out.split()

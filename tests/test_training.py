@@ -1,6 +1,6 @@
-"""Step 1 for real on 2 ranks: DeepSpeed and torchrun launchers, ZeRO-2 vs ZeRO-3, stop and resume,
-kill -9 of a rank while training, while saving and while consolidating, consolidation with
-DeepSpeed's zero_to_fp32, eval.json. Eight launches, ~2 min in all."""
+"""Step 1 for real on 2 ranks: DeepSpeed and torchrun launchers, ZeRO-2 (conftest.step1_run, shared with the
+growth tests) vs ZeRO-3, stop and resume, kill -9 of a rank while training, while saving and while
+consolidating, consolidation with DeepSpeed's zero_to_fp32, eval.json, signals."""
 import json
 import os
 import shutil
@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from growclip_ds.presets import PRESETS
 from growclip_ds.model import param_count
-from tests.conftest import REPO, PicklePayload, launch, run_bounded, start
+from growclip_ds.presets import PRESETS
+from tests.conftest import REPO, STEP1, PicklePayload, launch, run_bounded, start
 
 
 def _losses(run):
@@ -21,27 +21,18 @@ def _losses(run):
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_data, tmp_path_factory):
+def runs(step1_run, tiny_data, tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
-    common = ["--step", "1", "--config", "tiny", "--set", f"data.root={tiny_data}", "--set", "train.epochs=3",
-              "--set", "train.log_every=1"]
-    out = {k: base / k for k in ("zero2", "zero3", "resumed")}
-    launch(common + ["--run-dir", str(out["zero2"]), "--set", "train.zero_stage=2", "--set", "train.monitor=tensorboard,csv"],
-           launcher="deepspeed")
-    launch(common + ["--run-dir", str(out["zero3"]), "--set", "train.zero_stage=3"], launcher="torchrun")
-    resumed = common + ["--run-dir", str(out["resumed"]), "--set", "train.zero_stage=2", "--set",
-                        "data.num_workers=1"]
-    launch(resumed + ["--stop-after-steps", "5"], launcher="deepspeed")
-    out["stopped_files"] = sorted(p.name for p in (out["resumed"] / "step1").iterdir())
-    # the same command with another learning rate: refused before anything trains, naming the field
-    out["changed_lr"] = launch(resumed + ["--set", "train.lr=0.0123"], ranks=1, check=False)
-    out["metrics_after_refusal"] = (out["resumed"] / "step1" / "train" / "metrics.jsonl").read_text()
-    launch(resumed, launcher="deepspeed")
+    common = STEP1[:-4] + ["--set", f"data.root={tiny_data}"]       # conftest.STEP1 without its ZeRO stage and monitors
+    out = {"zero2": step1_run, "zero3": base / "zero3"}
+    launch(common + ["--run-dir", str(out["zero3"]), "--set", "train.zero_stage=3"])
     killed = common + ["--run-dir", str(base / "killed"), "--set", "train.zero_stage=2",
-                       "--set", "train.checkpoint_every=2"]
+                       "--set", "train.checkpoint_every=2", "--set", "data.num_workers=1"]
     out["killed"], out["kills"] = base / "killed", []
     for fault in ("train@1:3", "save@0:4", "consolidate@0"):   # each relaunch resumes, then dies again
-        p = launch(killed, launcher="deepspeed", check=False, env={"GROWCLIP_FAULT": fault})
+        # DeepSpeed's launcher for the first (a killed rank's peer is stopped by it), torchrun for the others
+        p = launch(killed, launcher="deepspeed" if fault == "train@1:3" else None, check=False,
+                   env={"GROWCLIP_FAULT": fault})
         out["kills"].append((fault, p.returncode, p.stdout + p.stderr))
     # the phase's last checkpoint (what `latest` names) corrupted before its consolidation: the rerun
     # falls back to the previous one, moves the refused one aside, trains those steps again and finishes
@@ -51,7 +42,7 @@ def runs(tiny_data, tmp_path_factory):
         byte = f.read(1)
         f.seek(100)
         f.write(bytes([byte[0] ^ 0xFF]))
-    out["final"] = launch(killed, launcher="deepspeed")
+    out["final"] = launch(killed)
     return out
 
 
@@ -78,21 +69,6 @@ def test_deepspeed_monitors_record_what_metrics_jsonl_records(runs):
     assert [int(r[0]) for r in rows[1:]] == steps and [float(r[1]) for r in rows[1:]] == pytest.approx(losses, abs=1e-6)
     assert (phase / "csv" / "Train_Samples_lr.csv").exists()        # DeepSpeed's own events, same folder
     assert list((phase / "tb").rglob("events.out.tfevents.*"))
-
-
-def test_resume_continues_the_same_loss_sequence(runs):
-    assert "model.safetensors" not in runs["stopped_files"]  # the planned stop left no final model
-    p = runs["changed_lr"]
-    assert p.returncode == 2 and "train.lr: 0.002 -> 0.0123" in p.stderr and "--allow-config-change" in p.stderr
-    assert len(runs["metrics_after_refusal"].splitlines()) == 5   # nothing trained under the new value
-    steps, losses = _losses(runs["resumed"])
-    ref_steps, ref = _losses(runs["zero2"])
-    assert steps == ref_steps == list(range(1, 13))
-    assert losses == pytest.approx(ref, abs=1e-6)
-    assert ref[-1] < ref[0]  # it trained
-    a = load_file(runs["zero2"] / "step1" / "model.safetensors")
-    b = load_file(runs["resumed"] / "step1" / "model.safetensors")
-    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
 
 
 def test_step_artifacts_follow_the_contract(runs):
@@ -139,7 +115,7 @@ def test_kill_9_anywhere_loses_nothing_and_resumes_the_same_run(runs):
     b = load_file(runs["killed"] / "step1" / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     ckpt = runs["killed"] / "step1" / "train" / "checkpoints"
-    from growclip_ds.train.checkpoint import verify
+    from growclip_train.train.checkpoint import verify
 
     # retention (train.keep_checkpoints=3): the three newest are kept and verify, the older are gone
     assert sorted(int(d.name[11:]) for d in ckpt.glob("global_step*")) == [8, 10, 12]
@@ -147,7 +123,7 @@ def test_kill_9_anywhere_loses_nothing_and_resumes_the_same_run(runs):
 
 
 def test_corrupt_or_truncated_checkpoint_is_refused_for_the_previous(runs, tmp_path):
-    from growclip_ds.train.checkpoint import pick_tag
+    from growclip_train.train.checkpoint import pick_tag
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(runs["killed"] / "step1" / "train" / "checkpoints", ckpt)
@@ -171,8 +147,8 @@ def test_planted_renamed_or_foreign_key_checkpoints_run_nothing_and_say_what_to_
     """On real DeepSpeed checkpoints: a pickle dropped into the newest folder (named as DeepSpeed's files,
     which zero_to_fp32 globs) is refused before anything is unpickled; a signed folder copied to a newer
     name is refused (no silent rollback); checkpoints signed with another key are re-signed on request."""
-    from growclip_ds.cli import main as cli
-    from growclip_ds.train.checkpoint import CheckpointError, consolidated_state_dict, pick_tag, verify
+    from growclip_train.cli import main as cli
+    from growclip_train.train.checkpoint import CheckpointError, consolidated_state_dict, pick_tag, verify
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(runs["killed"] / "step1" / "train" / "checkpoints", ckpt, ignore=shutil.ignore_patterns("refused"))
@@ -218,10 +194,10 @@ def test_ranks_with_different_configs_stop_naming_the_rank_and_field(tiny_data, 
 def test_load_reproduces_the_runs_own_evaluation(runs, tiny_data, monkeypatch):
     """growclip_ds.load: model (no throw-away init), transform and the run's tokenizer copy give, in
     one process, the eval.json that 2 ranks wrote during the run."""
-    import growclip_ds
     from growclip_ds.config import replace
     from growclip_ds.eval.evaluate import EvalSets, evaluate
     from growclip_ds.model import clip
+    import growclip_ds
 
     step = runs["zero2"] / "step1"
     run_tok = runs["zero2"] / "tokenizer" / "tokenizer.json"
@@ -241,13 +217,13 @@ def test_load_reproduces_the_runs_own_evaluation(runs, tiny_data, monkeypatch):
 
 def test_sigterm_and_sigusr1_to_one_rank_checkpoint_exit_3_and_resume_exactly(runs, tiny_data, tmp_path):
     """The real signals, each to one rank of a running 2-rank phase: every rank checkpoints after
-    the same step and exits 3 (requeue); the resumed run's 12 losses and weights are the
-    uninterrupted run's."""
+    the same step and exits 3 (requeue); a rerun with another learning rate is refused; the resumed
+    run's 12 losses and weights are the uninterrupted run's."""
     import signal
     import subprocess
     import time
 
-    from growclip_ds.train.preempt import PREEMPTED_EXIT
+    from growclip_train.train.preempt import PREEMPTED_EXIT
 
     run = tmp_path / "signalled"
     args = ["--step", "1", "--config", "tiny", "--set", f"data.root={tiny_data}", "--set", "train.epochs=3",
@@ -256,7 +232,8 @@ def test_sigterm_and_sigusr1_to_one_rank_checkpoint_exit_3_and_resume_exactly(ru
     for sig, rank in ((signal.SIGTERM, 1), (signal.SIGUSR1, 0)):
         done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
         # the SIGTERM run steps slower: time for a second launch (below) while it trains
-        proc = start(args, env={"GROWCLIP_FAULT_DELAY": "2" if sig == signal.SIGTERM else "0.5"})
+        # DeepSpeed's launcher passes the ranks' exit code 3 on (torchrun reports any failure as 1)
+        proc = start(args, launcher="deepspeed", env={"GROWCLIP_FAULT_DELAY": "2" if sig == signal.SIGTERM else "0.5"})
         deadline = time.time() + 120
         while (not metrics.exists() or len(metrics.read_text().splitlines()) < done + 2) and time.time() < deadline:
             time.sleep(0.2)
@@ -272,10 +249,17 @@ def test_sigterm_and_sigusr1_to_one_rank_checkpoint_exit_3_and_resume_exactly(ru
         out, err = proc.communicate(timeout=180)
         assert proc.returncode == PREEMPTED_EXIT, (sig, out[-2000:], err[-3000:])
         assert f"got signal {sig.name}" in out + err
+        assert not (run / "step1" / "model.safetensors").exists()   # a stop leaves no final model
+    # the same command with another learning rate: refused before anything trains, naming the field
+    logged = metrics.read_text()
+    p = launch(args + ["--set", "train.lr=0.0123"], ranks=1, check=False)
+    assert p.returncode == 2 and "train.lr: 0.002 -> 0.0123" in p.stderr and "--allow-config-change" in p.stderr
+    assert metrics.read_text() == logged                          # nothing trained under the new value
     launch(args)
     steps, losses = _losses(run)
     ref_steps, ref = _losses(runs["zero2"])
-    assert steps == ref_steps and losses == pytest.approx(ref, abs=1e-6)
+    assert steps == ref_steps == list(range(1, 13)) and losses == pytest.approx(ref, abs=1e-6)
+    assert ref[-1] < ref[0]   # it trained
     a = load_file(runs["zero2"] / "step1" / "model.safetensors")
     b = load_file(run / "step1" / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6

@@ -16,6 +16,7 @@ What it writes, all under SHARDS (the user's files are only read, never changed)
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import tarfile
@@ -97,24 +98,19 @@ def steps_by_value(values: list, num_steps: int | None) -> dict:
 
 
 def _regroup(tar: Path, step_of_key: dict, out_dir: Path) -> list[tuple[Path, int, int]]:
-    """Copy a mixed shard's samples into one shard per step; [(path, step, samples)]."""
+    """Copy a mixed shard's samples into one shard per step, each written atomically; [(path, step, samples)]."""
     writers, counts = {}, {}
-    try:
+    with contextlib.ExitStack() as open_shards:   # closes each tar, then renames it into place (or removes it)
         for s in tar_samples([tar]):
             t = step_of_key.get(s["__key__"])
             if t is None:
                 continue
             if t not in writers:
                 path = out_dir / f"{tar.stem}_step{t}.tar"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                writers[t] = (path, tarfile.open(path.with_name(path.name + ".tmp"), "w"))
+                tmp = open_shards.enter_context(atomic_path(path))
+                writers[t] = (path, open_shards.enter_context(tarfile.open(tmp, "w")))
             _copy_sample(writers[t][1], s)
             counts[t] = counts.get(t, 0) + 1
-    finally:
-        for path, w in writers.values():
-            w.close()
-    for path, _ in writers.values():
-        path.with_name(path.name + ".tmp").replace(path)
     return [(writers[t][0], t, counts[t]) for t in sorted(writers)]
 
 

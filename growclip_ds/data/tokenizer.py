@@ -11,8 +11,6 @@ model finds the end-of-text token as the last non-zero position.
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -83,26 +81,3 @@ def load_tokenizer(cfg, arch) -> TextTokenizer:
                          f"(--set arch.vocab_size={tok.vocab_size}) or train a smaller one "
                          "(growclip-ds data split --vocab-size)")
     return tok
-
-
-def pin_to_run(cfg, run_dir):
-    """``cfg`` whose tokenizer is the run's own copy, made from the configured one on first use."""
-    from ..config import replace
-    from ..rundir import RunDir
-
-    run = RunDir(run_dir)
-    run_copy = run.tokenizer
-    if not run_copy.exists() and any(s.config_file.exists() for s in run.steps()):
-        raise FileNotFoundError(f"{run_copy} is missing, but {run} has trained steps with it: restore it (its hash is "
-                                f"in step<t>/{run.step(1).data_file.name}); a copy of the data's current tokenizer could "
-                                "give other ids")
-    if not run_copy.exists():
-        src = tokenizer_path(cfg.data)
-        TextTokenizer(src, 3)   # fails here, with what to do, if the folder is not a tokenizer
-        tmp = run_copy.with_name(f".{run_copy.name}.{os.getpid()}.tmp")
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
-        try:
-            os.replace(tmp, run_copy)
-        except OSError:          # another rank got there first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return replace(cfg, data=replace(cfg.data, tokenizer=str(run_copy)))

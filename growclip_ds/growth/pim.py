@@ -24,7 +24,8 @@ import torch
 
 from ..config import ArchConfig
 from ..model.init import init_tensor
-from ..model.roles import Role, Spec, arch_specs
+from ..model.clip import arch_specs
+from ..model.roles import Role, Spec
 
 STACKS = {  # stack prefix -> architecture field that counts its members
     "image.blocks": "img_blocks",

@@ -32,7 +32,8 @@ import math
 import torch
 
 from ..config import ArchConfig
-from ..model.roles import RESIDUAL_OUT, STREAM_DIM, Role, arch_specs
+from ..model.clip import arch_specs
+from ..model.roles import RESIDUAL_OUT, STREAM_DIM, Role
 from .pim import pim, rand_draw, source_name
 
 

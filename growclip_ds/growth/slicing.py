@@ -9,7 +9,7 @@ import torch
 
 from ..config import ArchConfig
 from ..model import check_contains
-from ..model.roles import arch_specs
+from ..model.clip import arch_specs
 
 
 def state_shapes(arch: ArchConfig) -> dict[str, tuple]:

@@ -5,10 +5,11 @@
     img, txt, scale = model(images, tokens)
 
 Text pooling takes the end-of-text token, found as the last non-pad token (pad id 0).
-No DeepSpeed here: parallelism wraps this plain module from outside (``growclip_ds.train``).
+No DeepSpeed here: parallelism wraps this plain module from outside (``growclip_train.train``).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -140,3 +141,12 @@ def param_count(arch: ArchConfig) -> int:
     else:                      # projections to D^S; final LN and biased head at D^S
         towers = (wi * wi + wi) + (wt * wi + wi) + 2 * (2 * wi) + 2 * (wi * e + e)
     return image + text + shared + towers + 1
+
+
+@functools.lru_cache(maxsize=64)
+def arch_specs(arch) -> dict[str, tuple[tuple, Spec]]:
+    """Name -> (shape, Spec) of a model of ``arch``, built on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        model = GrowCLIP(arch, seed=None)
+    specs = param_specs(model)
+    return {k: (tuple(v.shape), specs[k]) for k, v in model.state_dict().items()}

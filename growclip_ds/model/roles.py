@@ -5,11 +5,10 @@ A parameter's role decides its initializer, its weight-decay group and how growt
 layer cannot change any of the three; a parameter with no declared role is an error.
 
     spec = param_specs(model)["text.blocks.0.attn.proj.weight"]   # Spec(role=Role.WRITER, ...)
-    specs = arch_specs(arch)                                       # the same, from an architecture alone
+    specs = clip.arch_specs(arch)                                  # the same, from an architecture alone
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from enum import Enum
 
@@ -77,16 +76,3 @@ def param_specs(model: nn.Module) -> dict[str, Spec]:
                                 "declare one with growclip_ds.model.roles.declare")
             out[full] = roles[p_name]
     return out
-
-
-@functools.lru_cache(maxsize=64)
-def arch_specs(arch) -> dict[str, tuple[tuple, Spec]]:
-    """Name -> (shape, Spec) of a model of ``arch``, built on the meta device (no memory, no init)."""
-    import torch
-
-    from .clip import GrowCLIP
-
-    with torch.device("meta"):
-        model = GrowCLIP(arch, seed=None)
-    specs = param_specs(model)
-    return {k: (tuple(v.shape), specs[k]) for k, v in model.state_dict().items()}

@@ -7,7 +7,7 @@ PATH="$(cd "$(dirname "$PY")" && pwd):$PATH"; export PATH
 # rendezvous variables and the run folder (by the launcher's own argument parser), as quoted export
 # lines in a private file: nothing of the paths or arguments is ever evaluated as shell code
 GROWCLIP_ENV_FILE=$(mktemp "${TMPDIR:-/tmp}/growclip_env.XXXXXX") || exit 2
-"$PY" -m growclip_ds.slurm env --out "$GROWCLIP_ENV_FILE" -- "$@" || { rm -f "$GROWCLIP_ENV_FILE"; exit 2; }
+"$PY" -m growclip_train.slurm env --out "$GROWCLIP_ENV_FILE" -- "$@" || { rm -f "$GROWCLIP_ENV_FILE"; exit 2; }
 # shellcheck disable=SC1090
 source "$GROWCLIP_ENV_FILE"; rm -f "$GROWCLIP_ENV_FILE"
 RUN_DIR=$GROWCLIP_RUN_DIR

@@ -1,7 +1,7 @@
 """The run folder: every path in it, every finished-or-not rule, every record written there.
 
     <run>/method.json                    what made the run (one method per folder)
-    <run>/tokenizer/                     the tokenizer fixed at step 1 (data/tokenizer.py pin_to_run)
+    <run>/tokenizer/                     the tokenizer fixed at step 1 (pin_tokenizer below)
     <run>/LOCK                           the launch that runs in this folder now (runlock.py)
     <run>/step<t>/config.json            the config step t ran with
     <run>/step<t>/data.json              a fingerprint of its data (provenance.py: a resume must match)
@@ -23,10 +23,10 @@ import json
 import re
 from pathlib import Path
 
-from .model_folder import ARCH, MODEL, write_arch  # noqa: F401  (a model folder's files: model_folder.py owns them)
+from growclip_ds.model_folder import ARCH, MODEL, RUN_TOKENIZER, write_arch  # noqa: F401  (model_folder.py owns these names)
 
 METHOD = "method.json"
-TOKENIZER = "tokenizer"
+TOKENIZER = RUN_TOKENIZER
 LOCK = "LOCK"
 CONFIG = "config.json"
 DATA_PRINT = "data.json"
@@ -42,8 +42,8 @@ _STEP = re.compile(r"^step(\d+)$")
 
 def write_json(path: Path, record: dict) -> None:
     """Rank 0 writes ``record`` atomically; every rank waits until it is there."""
-    from .distributed import barrier, rank_world
-    from .fileio import atomic_write_text
+    from growclip_ds.distributed import barrier, rank_world
+    from growclip_ds.fileio import atomic_write_text
 
     if rank_world()[0] == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +115,7 @@ class StepDir:
 
     def write_choice(self, arch, how: str, index: int) -> None:
         """The chosen architecture, as the step's ``arch.json`` (model_folder.write_arch: its one writer)."""
-        from .distributed import barrier, rank_world
+        from growclip_ds.distributed import barrier, rank_world
 
         if rank_world()[0] == 0:
             write_arch(self.path, arch, {"chosen_by": how, "index": index})
@@ -165,7 +165,7 @@ class RunDir:
 
     def write_method(self, record: dict) -> None:
         """method.json, by the one process that writes it (launch.check runs before any process group)."""
-        from .fileio import atomic_write_text
+        from growclip_ds.fileio import atomic_write_text
 
         atomic_write_text(self.method_file, json.dumps(record, indent=1))
 
@@ -182,3 +182,26 @@ class RunDir:
 def run_of(step_dir) -> RunDir:
     """The run a step folder given by path belongs to (``growclip-ds eval runs/demo/step2``)."""
     return RunDir(Path(step_dir).resolve().parent)
+
+
+def pin_tokenizer(cfg, run_dir):
+    """``cfg`` whose tokenizer is the run's own copy, made from the configured one on first use (every
+    rank may make it at once: the first whole copy stays, the others are dropped)."""
+    import shutil
+
+    from growclip_ds.config import replace
+    from growclip_ds.data.tokenizer import TextTokenizer, tokenizer_path
+    from growclip_ds.fileio import atomic_path
+
+    run = RunDir(run_dir)
+    run_copy = run.tokenizer
+    if not run_copy.exists() and any(s.config_file.exists() for s in run.steps()):
+        raise FileNotFoundError(f"{run_copy} is missing, but {run} has trained steps with it: restore it (its hash is "
+                                f"in step<t>/{run.step(1).data_file.name}); a copy of the data's current tokenizer could "
+                                "give other ids")
+    if not run_copy.exists():
+        src = tokenizer_path(cfg.data)
+        TextTokenizer(src, 3)   # fails here, with what to do, if the folder is not a tokenizer
+        with atomic_path(run_copy, shared=True) as tmp:
+            shutil.copytree(src, tmp)
+    return replace(cfg, data=replace(cfg.data, tokenizer=str(run_copy)))

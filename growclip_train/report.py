@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .eval.evaluate import selection_accuracy
-from .growth.gas import read_scores
-from .rundir import PIM1, PIM3, RunDir, StepDir
+from growclip_ds.eval.evaluate import selection_accuracy
+from growclip_train.gas import read_scores
+from growclip_train.rundir import PIM1, PIM3, RunDir, StepDir
 
 GROWTHS = ((PIM1, "PIM@1: step t-1 model -> supernet"),
            (PIM3, "PIM@3: candidate inside the supernet -> chosen net"))
@@ -88,7 +88,7 @@ def summarize_run(run_dir) -> str:
 
 def tic_table(run_dir: Path) -> list[str]:
     """TiC-CLIP's evaluation matrix (mean R@1 per growth step's held-out pairs) and its summary."""
-    from .tic import eval_matrix, transfer_summary
+    from growclip_train.tic_matrix import eval_matrix, transfer_summary
 
     try:
         m = eval_matrix(run_dir)

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from .rundir import LOCK
+from growclip_train.rundir import LOCK
 
 BEAT_S, STALE_S = 30.0, 300.0
 

@@ -6,7 +6,7 @@ forward transfer = mean of the upper triangle (j > i, data not seen yet), as TiC
 """
 from __future__ import annotations
 
-from .rundir import RunDir
+from growclip_train.rundir import RunDir
 
 
 def eval_matrix(run_dir, metric: str = "mean_R@1") -> list[list[float]]:

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from .. import faults
-from ..distributed import any_rank, barrier, rank_world
-from ..fileio import atomic_write_text, fsync_path
-from . import cadence, signing
-from . import universal as universal_ckpt
+from growclip_ds import faults
+from growclip_ds.distributed import any_rank, barrier, rank_world
+from growclip_ds.fileio import atomic_write_text, fsync_path
+from growclip_train.train import cadence, signing
+from growclip_train.train import universal as universal_ckpt
 
 
 MANIFEST = "growclip_manifest.json"

@@ -1,6 +1,6 @@
 """SLURM glue: nodelists to hostfiles, the rendezvous address and port, and the batch scripts.
 
-    python -m growclip_ds.slurm env --out F -- ARGS   # in a batch script: export lines to source
+    python -m growclip_train.slurm env --out F -- ARGS   # in a batch script: export lines to source
     growclip-ds slurm runs/paper --step 3 --nodes 4 --gpus-per-node 8 [--mode hostfile] [--submit]
 
 The hostfile and MASTER_ADDR come from ``SLURM_JOB_NODELIST`` (first node), the port from the job
@@ -110,9 +110,9 @@ def run_env(grow_args: list[str]) -> dict[str, str]:
     """The run folder the launcher will use for these arguments, by its own parser (so
     ``--run-dir=X``, ``--run-dir X`` and a preset's default name all agree with the launcher), and
     the number of growth steps of its data (the manifest's, else the config's)."""
-    from .config import load_config
-    from .data.manifest import MANIFEST, Manifest
-    from .launch import parse_args
+    from growclip_ds.data.manifest import MANIFEST, Manifest
+    from growclip_ds.presets import load_config
+    from growclip_train.launch import parse_args
 
     args = parse_args([*grow_args, "--step", "1"])   # the folder does not depend on the step
     cfg = load_config(args.config, args.set)
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     cut = argv.index("--") if "--" in argv else len(argv)
-    p = argparse.ArgumentParser(prog="python -m growclip_ds.slurm", usage="%(prog)s env --out FILE -- GROW_ARGS...")
+    p = argparse.ArgumentParser(prog="python -m growclip_train.slurm", usage="%(prog)s env --out FILE -- GROW_ARGS...")
     p.add_argument("what", choices=("env",))
     p.add_argument("--out", required=True, help="file of export lines to source (values shell-quoted)")
     a = p.parse_args(argv[:cut])

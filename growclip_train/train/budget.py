@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..config import RunConfig
-from ..model.flops import train_flops
+from growclip_ds.config import RunConfig
+from growclip_ds.model.flops import train_flops
 
 
 def flops_unit(cfg: RunConfig) -> float:

@@ -8,18 +8,19 @@ import time
 
 import torch
 
-from ..config import ArchConfig, RunConfig
-from ..data.manifest import Manifest
-from ..data.tokenizer import load_tokenizer
-from ..distributed import accelerator_device, rank_world
-from ..factory import build
-from ..model.init import name_seed
-from ..rundir import PIM1, PIM3, RunDir
-from .. import model_folder
-from . import space
-from .kept import describe as describe_kept, measure_kept
-from .pim import pim
-from .preserve import preserve
+from growclip_ds import model_folder
+from growclip_ds.config import ArchConfig, RunConfig
+from growclip_ds.data.manifest import Manifest
+from growclip_ds.data.tokenizer import load_tokenizer
+from growclip_ds.distributed import accelerator_device, rank_world
+from growclip_ds.factory import build
+from growclip_ds.growth import space
+from growclip_ds.growth.kept import describe as describe_kept, measure_kept
+from growclip_ds.growth.pim import pim
+from growclip_ds.growth.preserve import preserve
+from growclip_ds.model.init import name_seed
+from growclip_train.rundir import PIM1, PIM3, RunDir
+from growclip_train.step_phases import SUPERNET_PHASES
 
 
 class GrowthStep:
@@ -81,14 +82,14 @@ class GrowthStep:
         return load_tokenizer(self.cfg, self.super_arch)
 
     def selection_sets(self):
-        from ..eval.evaluate import selection_sets
+        from growclip_ds.eval.evaluate import selection_sets
 
         return selection_sets(self.cfg.data, self.super_arch.image_size)
 
     def fixed_batch(self) -> dict:
         """The first min(global batch, 256) samples of step t's new data in shard order (training data
         of this step that the step t-1 model has not seen): what growth is scored on."""
-        from ..data.loader import first_samples
+        from growclip_ds.data.loader import first_samples
 
         m = self.manifest
         return first_samples([e.path for e in m.shards([self.t])], min(self.cfg.train.global_batch, 256),
@@ -102,7 +103,7 @@ class GrowthStep:
 
     def latest_supernet_dir(self):
         """The most trained supernet so far: after sampling, after fine-tuning, or PIM@1's output."""
-        for phase in ("sample", "supernet"):
+        for phase in reversed(SUPERNET_PHASES):
             if self.dir.phase(phase).finished:
                 return self.dir.phase(phase).path
         if self.fresh:
@@ -114,7 +115,7 @@ class GrowthStep:
         return model_folder.read_model(self.latest_supernet_dir())[0]
 
     def sampler(self, check_every: int):
-        from .sampling import SubnetSampler
+        from growclip_ds.growth.sampling import SubnetSampler
 
         return SubnetSampler(self.prev_arch, self.cfg.growth, self.cfg.train.seed, self.t, "sample", check_every)
 

@@ -7,19 +7,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import RunConfig
-from .data.manifest import Manifest
-from .eval.evaluate import selection_sets
-from .growth import space
-from .growth.gas import variants
-from .model import param_count
-from .model.flops import forward_flops, image_flops, text_flops, train_flops
-from .growth.kept import describe as describe_kept
-from .pipeline import pending_phases
-from .rundir import RunDir
-from .model_folder import read_arch
-from .train.budget import growth_shares, step_flops
-from .train.schedule import plan_steps
+from growclip_ds.config import RunConfig
+from growclip_ds.data.manifest import Manifest
+from growclip_ds.eval.evaluate import selection_sets
+from growclip_ds.growth import space
+from growclip_ds.growth.kept import describe as describe_kept
+from growclip_ds.model import param_count
+from growclip_ds.model.flops import forward_flops, image_flops, text_flops
+from growclip_ds.model_folder import read_arch
+from growclip_train.gas import variants
+from growclip_train.phases import pending_phases
+from growclip_train.rundir import RunDir
+from growclip_train.step_phases import step_costs
+from growclip_train.train.budget import growth_shares, step_flops
 
 
 def _measured_flops_per_s(run: RunDir) -> float | None:
@@ -36,7 +36,6 @@ def plan_next_step(cfg: RunConfig, run_dir: Path) -> str:
     if t > m.num_steps:
         return f"{run_dir}: all {m.num_steps} growth steps are finished"
     rate = _measured_flops_per_s(run)
-    gb = cfg.train.global_batch
     lines = [f"Next: growth step {t} of {m.num_steps} in {run_dir}",
              f"data: D^{t} = steps 1..{t}, N^{t} = {m.num_samples(t):,} samples"
              + (f" (N^{t - 1} = {m.num_samples(t - 1):,})" if t > 1 else "")]
@@ -46,9 +45,9 @@ def plan_next_step(cfg: RunConfig, run_dir: Path) -> str:
         lines.append(f"- {name}: {samples:,} samples, {flops / 1e15:.4f} PFLOP{secs}. {why}")
 
     if t == 1:
-        steps = plan_steps(cfg, m.num_samples(1), None)[1]
+        (c,) = step_costs(cfg, 1, None, m.num_samples(1))
         lines.append(f"arch: {cfg.arch.to_dict()} ({param_count(cfg.arch):,} params)")
-        cost("train", steps * gb, steps * gb * train_flops(cfg.arch), "The step-1 architecture from scratch.")
+        cost("train", c.samples, c.flops, "The step-1 architecture from scratch.")
         return "\n".join(lines)
     if cfg.train.match == "flops":
         shares = ", ".join(f"{k} {v:.1%}" for k, v in growth_shares(cfg, ["supernet", "sample", "final"]).items())
@@ -71,23 +70,22 @@ def plan_next_step(cfg: RunConfig, run_dir: Path) -> str:
               f"GAS size term weight alpha*N^{t - 1}/N^{t} = {g.alpha * m.num_samples(t - 1) / m.num_samples(t):.3f}: "
               "the more new data, the less a candidate's size counts against it",
               f"pending phases: {', '.join(pending_phases(run, t, set()))}"]
-    n = m.num_samples(t)
-    s1 = plan_steps(cfg, n, g.supernet_epochs)[1] * gb
-    cost("supernet", s1, s1 * train_flops(sup), "PIM from the step t-1 model into the supernet, train all of it.")
-    s2 = plan_steps(cfg, n, g.sample_epochs)[1] * gb
-    mean = sum(train_flops(c) for c in cands) / len(cands)
-    cost("sample", s2, s2 * mean, "One uniformly drawn candidate per iteration (mean candidate cost).")
     sel = selection_sets(cfg.data, prev.image_size).sets
     n_img = sum(len(d) for d in sel)
     n_txt = sum(len(d.prompts()) if d.kind == "zeroshot" else len(d.texts) for d in sel)
-    gas_flops = sum(n_img * image_flops(c) if k == "img" else n_txt * text_flops(c) for k, _, c in variants(prev, g))
+    costs = {c.phase: c for c in step_costs(cfg, t, prev, m.num_samples(t), gas_images=n_img, gas_texts=n_txt)}
+    why = {"supernet": "PIM from the step t-1 model into the supernet, train all of it.",
+           "sample": "One uniformly drawn candidate per iteration (mean candidate cost)."}
+    for name in ("supernet", "sample"):
+        cost(name, costs[name].samples, costs[name].flops, why[name])
     naive = sum(n_img * image_flops(c) + n_txt * text_flops(c) for c in cands)
+    gas_flops = costs["gas"].flops
     lines.append(f"- gas: {len(variants(prev, g))} encoder variants over {n_img} images and {n_txt} prompts, {gas_flops / 1e12:.3f} TFLOP "
                  f"(scoring each candidate alone: {naive / 1e12:.3f} TFLOP, {naive / gas_flops:.1f}x).")
-    s3 = plan_steps(cfg, n, g.final_epochs)[1] * gb
-    lo, hi = min(train_flops(c) for c in cands), max(train_flops(c) for c in cands)
-    cost("final", s3, s3 * (lo + hi) / 2, f"PIM into the chosen candidate and train it; between "
-         f"{s3 * lo / 1e15:.4f} and {s3 * hi / 1e15:.4f} PFLOP depending on the choice.")
+    fin = costs["final"]
+    lo, hi = fin.flops_range
+    cost("final", fin.samples, fin.flops, f"PIM into the chosen candidate and train it; between "
+         f"{fin.samples * lo / 1e15:.4f} and {fin.samples * hi / 1e15:.4f} PFLOP depending on the choice.")
     lines.append(f"(forward FLOPs per sample: previous {forward_flops(prev) / 1e6:.1f} M, supernet "
                  f"{forward_flops(sup) / 1e6:.1f} M)")
     return "\n".join(lines)

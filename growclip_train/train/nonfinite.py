@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from ..distributed import any_rank
+from growclip_ds.distributed import any_rank
+from growclip_ds.model_folder import NonFiniteError, nonfinite_tensors  # noqa: F401  (the library's; part of this API)
 
 NONFINITE_EXIT = 4
-
-
-class NonFiniteError(RuntimeError):
-    """The run diverged; the message says where, what was kept and what to do."""
 
 
 def local_weights_finite(module) -> bool:
@@ -30,11 +27,6 @@ def local_weights_finite(module) -> bool:
         if t.numel() and not bool(torch.isfinite(t.detach()).all()):
             return False
     return True
-
-
-def nonfinite_tensors(state: dict) -> list[str]:
-    """Names of the tensors of a state dict that hold NaN or inf."""
-    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 class Guard:

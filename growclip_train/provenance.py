@@ -19,8 +19,8 @@ import json
 import time
 from pathlib import Path
 
-from .config import ConfigError
-from .fileio import atomic_write_text
+from growclip_ds.config import ConfigError
+from growclip_ds.fileio import atomic_write_text
 
 # fields that change how a run is operated, not what it computes: free to change at a resume
 OPERATIONAL = {
@@ -67,7 +67,7 @@ def tokenizer_hash(folder: Path) -> str | None:
 def data_fingerprint(cfg, t: int) -> dict:
     """What step t trains on: the manifest rows of steps 1..t (shard, step, samples, held-out keys), each
     shard's byte size, all held-out keys (evaluation must stay out of training) and the tokenizer."""
-    from .data.manifest import Manifest
+    from growclip_ds.data.manifest import Manifest
 
     m = Manifest.load(cfg.data.root)
     rows = [[str(e.path.relative_to(m.root)), e.step, e.num_samples, e.path.stat().st_size if e.path.exists() else None]
@@ -124,7 +124,7 @@ def check_resume(cfg, step_dir, t: int, allow_change: bool, writer: bool, log=pr
 
 def agreement(cfg, data: dict, key_id: str) -> dict:
     """What every rank must agree on: config, data fingerprint (``check_resume``'s), checkpoint key id."""
-    from . import faults
+    from growclip_ds import faults
 
     conf = cfg.to_dict()
     if faults.skew("stale"):      # fault injection: this rank read a stale config

@@ -27,16 +27,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .. import faults
-from ..rundir import StepDir
-from ..config import ArchConfig, GrowthConfig
-from ..distributed import barrier, rank_world
-from ..fileio import atomic_path, atomic_write_text
-from ..eval.evaluate import (classifier, encode_images, encode_texts, selection_accuracy, set_retrieval_metrics,
+from growclip_ds import faults
+from growclip_ds.config import ArchConfig, GrowthConfig
+from growclip_ds.distributed import barrier, rank_world
+from growclip_ds.fileio import atomic_path, atomic_write_text
+from growclip_train.rundir import StepDir
+from growclip_ds.eval.evaluate import (classifier, encode_images, encode_texts, selection_accuracy, set_retrieval_metrics,
                              zeroshot_metrics)
-from ..model import param_count
-from ..model.flops import train_flops
-from . import space
+from growclip_ds.growth import space
+from growclip_ds.model import param_count
+from growclip_ds.model.flops import train_flops
 
 
 def size_term(cand: ArchConfig, prev: ArchConfig, prev_params: int, n_prev: int, n_now: int,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from ..config import RunConfig
+from growclip_ds.config import RunConfig
 
 WARMUPS = ("scratch", "inherited", "none")
 

@@ -1,13 +1,17 @@
-"""One rank of the LAMB-under-ZeRO check (run by tests/test_lamb.py through torchrun).
+"""One rank of the multi-rank checks that need no run folder, several per launch (conftest.rank_checks):
 
-    torchrun --nproc_per_node 2 tests/lamb_worker.py STAGE MODE OUT.pt
-MODE: "exact" (growclip_ds PartitionedLamb) or "naive" (timm's Lamb as a client optimizer)."""
+    torchrun --nproc_per_node 2 tests/rank_worker.py lamb:STAGE:MODE:OUT.pt loss:OUT.pt ...
+
+lamb (tests/test_lamb.py): MODE "exact" (growclip_train's PartitionedLamb) or "naive" (timm's Lamb as a
+client optimizer), a fresh model on a fresh engine per job. loss (tests/test_loss.py): clip_loss and its
+gradients averaged over the ranks. Jobs run in turn in one process group."""
 import os
 import sys
 
 import torch
 
 STEPS, BATCH, LR, WD = 20, 12, 0.02, 0.1
+N, D_IN, D = 6, 5, 4  # the loss check: per-rank batch, input dim, feature dim
 
 
 def make_model():
@@ -28,14 +32,54 @@ def batch(step):
 
 
 def main():
-    stage, mode, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    for job in sys.argv[1:]:
+        kind, args = job.split(":", 1)
+        if kind == "lamb":
+            stage, mode, out = args.split(":", 2)
+            lamb(int(stage), mode, out)
+        else:
+            loss(args)
+    torch.distributed.barrier()  # no rank exits while a peer's gloo still talks to it
+    torch.distributed.destroy_process_group()
+
+
+def loss_data():
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(2 * N, D_IN, generator=g), torch.randn(2 * N, D_IN, generator=g),
+            torch.randn(D_IN, D, generator=g), torch.randn(D_IN, D, generator=g))
+
+
+def loss(out: str):
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from growclip_ds.loss import clip_loss
+
+    rank = dist.get_rank()
+    x, y, a0, b0 = loss_data()
+    a, b = a0.clone().requires_grad_(), b0.clone().requires_grad_()
+    s = torch.tensor(2.5, requires_grad=True)
+    sl = slice(rank * N, (rank + 1) * N)
+    value = clip_loss(F.normalize(x[sl] @ a, dim=-1), F.normalize(y[sl] @ b, dim=-1), s.exp())
+    value.backward()
+    for t in (a.grad, b.grad, s.grad, value.detach()):  # what data parallelism does: average over ranks
+        dist.all_reduce(t)
+        t /= 2
+    if rank == 0:
+        torch.save({"loss": value.detach(), "a": a.grad, "b": b.grad, "s": s.grad}, out)
+    dist.barrier()
+
+
+def lamb(stage: int, mode: str, out: str):
     import deepspeed
     from timm.optim import Lamb
 
-    from growclip_ds.train.lamb import PartitionedLamb, attach_to_engine, zero_segments
+    from growclip_train.train.lamb import PartitionedLamb, attach_to_engine, zero_segments
 
-    deepspeed.init_distributed(dist_backend="gloo")
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     model = make_model()
     names = {id(p): n for n, p in model.named_parameters()}
@@ -63,8 +107,7 @@ def main():
         state = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
     if rank == 0:
         torch.save({"state": state, "trust1": trust1}, out)
-    torch.distributed.barrier()  # no rank exits while a peer's gloo still talks to it
-    torch.distributed.destroy_process_group()
+    torch.distributed.barrier()
 
 
 if __name__ == "__main__":

@@ -25,20 +25,21 @@ from dataclasses import dataclass
 
 import torch
 
-from . import methods
-from .config import ArchConfig, RunConfig
-from .data.manifest import Manifest
-from .data.tokenizer import load_tokenizer
-from .distributed import accelerator_device, any_ranks, barrier, rank_world
-from .factory import build
-from .growth import space
-from .growth.gas import run_gas
-from .growth.step import GrowthStep
-from .model.init import name_seed
-from .rundir import PIM1, PIM3, RunDir, StepDir
-from . import model_folder
-from .train import budget, checkpoint, nonfinite
-from .train.trainer import Phase, PhaseResult, run_phase
+from growclip_ds import model_folder
+from growclip_ds.config import ArchConfig, RunConfig
+from growclip_ds.data.manifest import Manifest
+from growclip_ds.data.tokenizer import load_tokenizer
+from growclip_ds.distributed import accelerator_device, any_ranks, barrier, rank_world
+from growclip_ds.factory import build
+from growclip_ds.growth import space
+from growclip_ds.model.init import name_seed
+from growclip_train import methods
+from growclip_train.gas import run_gas
+from growclip_train.growth_step import GrowthStep
+from growclip_train.rundir import PIM1, PIM3, RunDir, StepDir
+from growclip_train.step_phases import growth_phases
+from growclip_train.train import budget, checkpoint, nonfinite
+from growclip_train.train.trainer import Phase, PhaseResult, run_phase
 
 ABLATIONS = (PIM1, "st", "gas", PIM3)   # Table 5's components
 
@@ -49,9 +50,7 @@ def phases_for(step: int, ablate: set, method: str = "growclip", candidate: int 
         return ["train"]
     if not recipe.grows:
         return ["train", "patch"] if recipe.patch else ["train"]
-    out = [] if "st" in ablate else ["supernet"]
-    out += [] if "gas" in ablate or candidate is not None else ["sample", "gas"]
-    return out + ["final"]
+    return growth_phases(ablate, candidate)
 
 
 def pending_phases(run: RunDir, step: int, ablate: set, method: str = "growclip",
@@ -64,7 +63,7 @@ def pending_phases(run: RunDir, step: int, ablate: set, method: str = "growclip"
 
 
 @dataclass
-class StepRun:
+class PhaseContext:
     """One invocation of one phase of step t: what every phase function gets."""
 
     cfg: RunConfig
@@ -120,13 +119,13 @@ def run_phase_of_step(cfg: RunConfig, step: int, run_dir, phase: str, ablate: se
     if phase not in phases_for(step, ablate, method, candidate):
         raise ValueError(f"--phase: unknown phase {phase!r}; step {step} of {method} has "
                          f"{phases_for(step, ablate, method, candidate)}")
-    ctx = StepRun(cfg, RunDir(run_dir), step, methods.get(method), set(ablate), candidate, progress, stop_after,
+    ctx = PhaseContext(cfg, RunDir(run_dir), step, methods.get(method), set(ablate), candidate, progress, stop_after,
                   time.time())
     ctx.step.write_config(cfg)
     return PHASES[phase](ctx)
 
 
-def _train(ctx: StepRun) -> PhaseResult:
+def _train(ctx: PhaseContext) -> PhaseResult:
     """Step 1 of every method, and the one phase of a non-growing method at t >= 2."""
     cfg, t, recipe = ctx.cfg, ctx.t, ctx.recipe
     if t == 1:
@@ -145,7 +144,7 @@ def _train(ctx: StepRun) -> PhaseResult:
     return res
 
 
-def _supernet_phase(ctx: StepRun, gs: GrowthStep, name: str, init: dict | None, **kw) -> PhaseResult:
+def _supernet_phase(ctx: PhaseContext, gs: GrowthStep, name: str, init: dict | None, **kw) -> PhaseResult:
     """``supernet`` and ``sample``: train the supernet, then write it as the phase's model."""
     res = ctx.train(ctx.growth_phase(name, gs.super_arch, init, **kw))
     if not res.stopped:
@@ -156,21 +155,21 @@ def _supernet_phase(ctx: StepRun, gs: GrowthStep, name: str, init: dict | None, 
     return res
 
 
-def _supernet(ctx: StepRun) -> PhaseResult:
+def _supernet(ctx: PhaseContext) -> PhaseResult:
     gs = ctx.growth()
     return _supernet_phase(ctx, gs, "supernet", gs.supernet_init(), epochs=ctx.cfg.growth.supernet_epochs,
                            warmup=gs.warmup)
 
 
-def _sample(ctx: StepRun) -> PhaseResult:
+def _sample(ctx: PhaseContext) -> PhaseResult:
     gs, g = ctx.growth(), ctx.cfg.growth
     return _supernet_phase(ctx, gs, "sample", gs.latest_supernet(), sampler=gs.sampler(g.check_every),
                            epochs=g.sample_epochs, warmup="inherited")
 
 
-def _gas(ctx: StepRun) -> PhaseResult:
-    from .eval.evaluate import selection_sets
-    from .model import param_count
+def _gas(ctx: PhaseContext) -> PhaseResult:
+    from growclip_ds.eval.evaluate import selection_sets
+    from growclip_ds.model import param_count
 
     gs, cfg = ctx.growth(), ctx.cfg
     sd, arch = model_folder.read_model(gs.latest_supernet_dir())
@@ -184,7 +183,7 @@ def _gas(ctx: StepRun) -> PhaseResult:
     return PhaseResult("gas", stopped=False)
 
 
-def _final(ctx: StepRun) -> PhaseResult:
+def _final(ctx: PhaseContext) -> PhaseResult:
     gs = ctx.growth()
     chosen = gs.choice() if ctx.step.has_choice else _fixed_choice(gs, ctx.candidate)
     init = None if gs.fresh else gs.grown_init(PIM3, gs.latest_supernet_dir(), gs.super_arch, chosen)
@@ -196,7 +195,7 @@ def _final(ctx: StepRun) -> PhaseResult:
     return res
 
 
-def _patch(ctx: StepRun) -> PhaseResult:
+def _patch(ctx: PhaseContext) -> PhaseResult:
     state, how = methods.patch_step(ctx.cfg, ctx.t, ctx.run, ctx.progress)
     arch = model_folder.read_arch(ctx.step.phase("train").path)
     ctx.mark_done("patch", **how)
@@ -224,7 +223,7 @@ def finish_step(cfg: RunConfig, step: StepDir, ckpt_dir, arch: ArchConfig, extra
                 state: dict | None = None) -> dict:
     """Consolidate the phase's last checkpoint (or write ``state``) as the step's model and
     evaluate it on all ranks: the step is finished."""
-    from .eval.evaluate import EvalSets, evaluate
+    from growclip_ds.eval.evaluate import EvalSets, evaluate
 
     bad = []
     if rank_world()[0] == 0:

@@ -18,14 +18,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
-from .data.manifest import MANIFEST
-from .local_launch import local_command, local_env
+from growclip_ds.config import ConfigError
+from growclip_ds.data.manifest import MANIFEST
+from growclip_ds.presets import load_config
+from growclip_train.local_launch import local_command, local_env
 
 
 
 def _data_make(args) -> int:
-    from .data.builtin import make_builtin
+    from growclip_ds.data.builtin import make_builtin
 
     cfg = load_config(args.config, args.set)
     d = cfg.data
@@ -40,8 +41,8 @@ def _data_make(args) -> int:
 
 
 def _data_split(args) -> int:
-    from .data.split import split_corpus
-    from .eval.sets import EVAL_DIR, INDEX
+    from growclip_ds.data.split import split_corpus
+    from growclip_ds.eval.sets import EVAL_DIR, INDEX
 
     root = Path(args.root)
     if (root / MANIFEST).exists() and not args.force:
@@ -61,12 +62,13 @@ def _data_split(args) -> int:
 
 
 def _eval(args) -> int:
-    from .eval.evaluate import EvalSets, evaluate
-    from .config import replace
-    from .distributed import accelerator_device
-    from .factory import build, run_tokenizer_dir
-    from .model_folder import read_model
-    from .data.tokenizer import load_tokenizer
+    from growclip_ds.config import replace
+    from growclip_ds.data.tokenizer import load_tokenizer
+    from growclip_ds.distributed import accelerator_device
+    from growclip_ds.eval.evaluate import EvalSets, evaluate
+    from growclip_ds.factory import build
+    from growclip_ds.model_folder import run_tokenizer_dir
+    from growclip_ds.model_folder import read_model
 
     cfg = load_config(args.config, args.set)
     sd, arch = read_model(Path(args.model))
@@ -80,7 +82,7 @@ def _eval(args) -> int:
 
 
 def _export(args) -> int:
-    from .export import export
+    from growclip_ds.export import export
 
     out = export(args.step_dir, args.format, args.out, args.tokenizer)
     print(f"export: {args.format} model and tokenizer written to {out}")
@@ -94,14 +96,14 @@ def _demo(args) -> int:
         _data_make(argparse.Namespace(config=args.config, set=args.set, root=None, force=False, seed=0))
     steps = range(1, (args.steps or cfg.data.num_steps) + 1)
     for step in steps:
-        cmd = local_command(["-m", "growclip_ds.launch", "--step", str(step), "--config", args.config, "--run-dir",
+        cmd = local_command(["-m", "growclip_train.launch", "--step", str(step), "--config", args.config, "--run-dir",
                              str(run_dir)] + sum((["--set", s] for s in args.set), []), args.ranks, args.port)
         print("+", " ".join(cmd), flush=True)
         rc = subprocess.call(cmd, env=local_env())
         if rc:
             print(f"step {step} failed with exit code {rc}; re-run the same command to resume", file=sys.stderr)
             return rc
-    from .report import write_report
+    from growclip_train.report import write_report
 
     path = write_report(run_dir)
     print(path.read_text())
@@ -110,8 +112,8 @@ def _demo(args) -> int:
 
 
 def _report(args) -> int:
-    from .compare import is_comparison, write_comparison
-    from .report import write_report
+    from growclip_train.compare import is_comparison, write_comparison
+    from growclip_train.report import write_report
 
     folder = Path(args.run_dir)
     if not folder.is_dir():
@@ -124,27 +126,27 @@ def _report(args) -> int:
 def _plan(args) -> int:
     cfg = load_config(args.config, args.set)
     if args.cluster:
-        from .cluster import parse_cluster, plan_cluster
+        from growclip_train.plan_cluster import parse_cluster, plan_cluster
 
         print(plan_cluster(cfg, parse_cluster(args.cluster), args.mfu, args.samples_per_step, args.steps))
         return 0
     if not args.run_dir:
         raise ValueError("plan: name a run folder (what its next step would do) or --cluster NODESxGPUSxKIND")
-    from .planning import plan_next_step
+    from growclip_train.plan_step import plan_next_step
 
     print(plan_next_step(cfg, Path(args.run_dir)))
     return 0
 
 
 def _slurm(args) -> int:
-    from . import slurm
+    from growclip_train import slurm
 
     if args.hostfile_check:
         hosts = slurm.parse_hostfile(Path(args.hostfile_check).read_text(), args.hostfile_check)
         print(f"{args.hostfile_check}: {len(hosts)} hosts, {sum(hosts.values())} slots")
         return 0
     config = args.config
-    from .rundir import RunDir
+    from growclip_train.rundir import RunDir
 
     recorded = [s.config_file for s in RunDir(args.run_dir).steps() if s.config_file.exists()]
     if config is None:
@@ -156,7 +158,7 @@ def _slurm(args) -> int:
 
 
 def _resign(args) -> int:
-    from .train.checkpoint import MANIFEST as CKPT_MANIFEST, REFUSED, CheckpointError, resign
+    from growclip_train.train.checkpoint import MANIFEST as CKPT_MANIFEST, REFUSED, CheckpointError, resign
 
     root = Path(args.path)
     folders = sorted({m.parent for m in root.rglob(CKPT_MANIFEST) if REFUSED not in m.relative_to(root).parts}
@@ -238,7 +240,7 @@ def main(argv=None) -> int:
                                                        "or, with --cluster, the memory and GPU-hours of a whole run")
     pl.add_argument("run_dir", nargs="?", default=None)
     pl.add_argument("--cluster", default=None, metavar="NODESxGPUSxKIND", help="e.g. 2x8xH100, 16x1xV100 "
-                    "(growclip_ds/cluster.py; no run folder needed)")
+                    "(growclip_train/plan_cluster.py; no run folder needed)")
     pl.add_argument("--mfu", type=float, default=0.4, help="--cluster: the model FLOPs utilisation assumed")
     pl.add_argument("--samples-per-step", type=float, default=3.0e6,
                     help="--cluster: new samples per growth step (default CC12M / 4)")

@@ -19,24 +19,24 @@ from typing import Callable
 
 import torch
 
-from .. import faults
-from ..config import ArchConfig, RunConfig, replace
-from ..data.loader import EpochPlan, Liveness, make_loader
-from ..data.manifest import Manifest
-from ..data.mixture import Source
-from ..data.tokenizer import load_tokenizer
-from ..distributed import any_ranks, barrier, check_same, rank_world
-from ..factory import build
-from ..loss import clip_loss, lwf_kl
-from ..model import GrowCLIP
-from ..model.flops import forward_flops, train_flops
-from ..rundir import RunDir
-from . import checkpoint, nonfinite, preempt, universal
-from .cadence import Cadence
-from .engine import build_engine
-from .metrics import MetricsLogger
-from .budget import steps_for_flops
-from .schedule import plan_steps, warmup_for
+from growclip_ds import faults
+from growclip_ds.config import ArchConfig, RunConfig, replace
+from growclip_ds.data.loader import EpochPlan, Liveness, make_loader
+from growclip_ds.data.manifest import Manifest
+from growclip_ds.data.mixture import Source
+from growclip_ds.data.tokenizer import load_tokenizer
+from growclip_ds.distributed import any_ranks, barrier, check_same, rank_world
+from growclip_ds.factory import build
+from growclip_ds.loss import clip_loss, lwf_kl
+from growclip_ds.model import GrowCLIP
+from growclip_ds.model.flops import forward_flops, train_flops
+from growclip_train.rundir import RunDir
+from growclip_train.train import nonfinite, preempt
+from growclip_train.train.budget import steps_for_flops
+from growclip_train.train.checkpoint_manager import CheckpointManager
+from growclip_train.train.engine import build_engine
+from growclip_train.train.metrics import MetricsLogger
+from growclip_train.train.schedule import plan_steps, warmup_for
 
 
 @dataclass
@@ -146,19 +146,9 @@ class Trainer:
         if phase.init_state is not None:
             model.load_state_dict(phase.init_state, strict=True)
         model.set_grad_checkpointing(t.grad_checkpointing)
-        tag = [None, None]   # one rank verifies the files; every rank gets its choice, or its refusal
-        if self.rank == 0:
-            try:
-                tag[0] = checkpoint.pick_tag(self.ckpt_dir)
-            except checkpoint.CheckpointError as e:
-                tag[1] = str(e)
-        if self.world > 1:
-            torch.distributed.broadcast_object_list(tag, src=0)
-        if tag[1]:
-            raise checkpoint.CheckpointError(tag[1])
-        self.tag = tag[0]
-        saved_world = universal.saved_world(checkpoint.read_meta(self.ckpt_dir / self.tag)) if self.tag else self.world
-        self.resized = saved_world != self.world and t.zero_stage > 0   # ZeRO partitions: a universal conversion
+        self.ckpt = CheckpointManager(self.ckpt_dir, t, self.world)
+        self.ckpt.pick()
+        self.resized = self.ckpt.resized   # ZeRO partitions of another world size: a universal conversion
         warm = replace(t, warmup_steps=warmup_for(t, phase.warmup, self.total))
         self.engine, _, self.sched = build_engine(model, warm, self.world, self.total, self.dir.path,
                                                   universal=self.resized, span=phase.schedule_span)
@@ -166,16 +156,15 @@ class Trainer:
         if phase.teacher is not None:
             self.teacher = build(*phase.teacher, device=self.engine.device).eval().requires_grad_(False)
         if self.resized and self.rank == 0:
-            print(f"[growclip_ds] resuming {self.ckpt_dir / self.tag} (world size {saved_world}) at world size "
+            print(f"[growclip_ds] resuming {self.ckpt_dir / self.ckpt.tag} (world size {self.ckpt.saved_world}) at world size "
                   f"{self.world}; the rest of this epoch reads freshly seeded per-rank streams", flush=True)
 
     def resume(self) -> None:
-        meta = checkpoint.resume(self.engine, self.ckpt_dir, self.tag, universal=self.resized) or {}
+        meta = self.ckpt.load(self.engine) or {}
         self.state = TrainState.from_meta(meta, max(1, len(self.sources)))
         if self.resized:
             self.state.data = {}
         check_same(self.state.step, "resumed optimizer step", f"the start of {self.dir.path}")
-        self.last_saved = self.state.step if meta else -1
         self.stream_tag = f"resized{self.state.step}" if self.resized else ""
         self.local_counts = torch.zeros(len(self.state.samples_by_source), dtype=torch.long)  # this rank, since
 
@@ -185,8 +174,8 @@ class Trainer:
         self.log = MetricsLogger(self.dir.path, self.rank, self.total, self.state.step, enabled=self.progress,
                                  desc=f"step{self.phase.growth_step}/{self.phase.name}", log_every=t.log_every,
                                  monitor=self.engine.monitor)
-        self.cadence = Cadence(t.checkpoint_every, t.checkpoint_every_minutes)
-        self.guard = nonfinite.Guard(t.max_nonfinite, str(self.dir.path), latest=lambda: checkpoint.latest_tag(self.ckpt_dir))
+        self.ckpt.start_clock()
+        self.guard = nonfinite.Guard(t.max_nonfinite, str(self.dir.path), latest=self.ckpt.latest)
         self.liveness = Liveness(data.max_bad_in_row, data.max_idle_minutes * 60)
 
     # ------------------------------------------------------------------ the loop
@@ -203,7 +192,7 @@ class Trainer:
             stop = self.run_epoch(s.step // self.per_epoch)
             if stop is not None:
                 return stop
-        if self.last_saved != self.total:
+        if self.ckpt.last_saved != self.total:
             self.save({"epoch": (self.total - 1) // self.per_epoch, "raw_done": []})
         self.log.close()
         bad_fraction = skipped_fraction(self.skipped, self.cfg.data.warn_bad_fraction, str(self.dir.path))
@@ -284,7 +273,7 @@ class Trainer:
         faults.hit("train", step)
         faults.delay()
         bad_loss, preempted, due = any_ranks(not math.isfinite(self.loss), preempt.asked(self.run_dir.path),
-                                             self.cadence.due(step))
+                                             self.ckpt.due(step))
         self.guard.after_step(step, bad_loss, self.engine.module, last_step=step == total)
         preempted = preempted and step < total
         if ((due and step < total) or step == self.stop_after or preempted) and not bad_loss:
@@ -307,9 +296,7 @@ class Trainer:
         meta = {"arch": self.phase.arch.to_dict(), "growth_step": self.phase.growth_step, "phase": self.phase.name,
                 "data_steps": self.phase.data_steps, "world_size": self.world,
                 **dataclasses.replace(s, data=data_state, samples_by_source=self.samples_by_source()).to_meta()}
-        checkpoint.save(self.engine, self.ckpt_dir, s.step, meta, keep=self.cfg.train.keep_checkpoints)
-        self.cadence.saved()
-        self.last_saved = s.step
+        self.ckpt.save(self.engine, s.step, meta)
 
     def result(self, stopped: bool, **kw) -> PhaseResult:
         if stopped:

@@ -19,11 +19,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .growth.space import FACTORS
-from .methods import RECIPES, Budget
-from .report import step_rows
-from .rundir import PIM1, PIM3, RunDir
-from .tic import eval_matrix, transfer_summary
+from growclip_ds.growth.space import FACTORS
+from growclip_train.methods import RECIPES, Budget
+from growclip_train.report import step_rows
+from growclip_train.rundir import PIM1, PIM3, RunDir
+from growclip_train.tic_matrix import eval_matrix, transfer_summary
 
 TIC_METHODS = tuple(n for n, r in RECIPES.items() if r.budget != Budget.EPOCHS)   # budgets C or t x C
 # Table 5's rows in the paper's order: the components switched off (paper: 25.7 > 24.5 > 22.6 > 21.1 > 20.8).
@@ -88,7 +88,7 @@ def _size(n: int) -> str:
 
 def data_fractions(run: RunRecord) -> dict[int, float]:
     """Share of all the data's samples seen by step t (D^t / D^T), from the run's manifest when readable."""
-    from .data.manifest import Manifest
+    from growclip_ds.data.manifest import Manifest
 
     try:
         cfg = RunDir(run.path).step(run.rows[0]["step"]).read_config()
@@ -303,7 +303,7 @@ def write_comparison(root) -> Path:
     root = Path(root)
     runs = load_runs(root)
     if not runs:
-        raise FileNotFoundError(f"{root}: no run folder with a method record and a finished step (see growclip_ds/rundir.py)")
+        raise FileNotFoundError(f"{root}: no run folder with a method record and a finished step (see growclip_train/rundir.py)")
     md = [f"# Methods compared: {root}", "", *provenance(root)]
     for part in (table3, table4, kept_summary, table5, table9, table1, tic_summary):
         lines = part(runs)

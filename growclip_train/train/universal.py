@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..fileio import atomic_path
+from growclip_ds.fileio import atomic_path
 
 
 

@@ -1,16 +1,16 @@
 """Distributed entry point: train one growth step of a run. By path from a checkout, or as a module
-from any folder once installed (``deepspeed --module growclip_ds.launch ...``, ``torchrun -m``):
+from any folder once installed (``deepspeed --module growclip_train.launch ...``, ``torchrun -m``):
 
     deepspeed --num_accelerators 2 launchers/grow.py --step 1 --config demo --run-dir runs/demo
     torchrun --nproc_per_node 2 launchers/grow.py --step 1 --config demo --run-dir runs/demo
     deepspeed --hostfile hostfile --master_addr HOST launchers/grow.py --step 1 --config demo ...
     deepspeed --num_accelerators 2 launchers/grow.py --method cumulative-exp --step 2 --run-dir runs/cexp
-    deepspeed --num_accelerators 2 --module growclip_ds.launch --step 1 --config demo
+    deepspeed --num_accelerators 2 --module growclip_train.launch --step 1 --config demo
 
 The config is parsed and validated before any process group starts. Each step writes its model and
-evaluation into ``<run-dir>/step<t>`` (growclip_ds/rundir.py); a re-run resumes where it stopped.
-One launch per run folder (``<run-dir>/LOCK``, growclip_ds/runlock.py); a resume must run with the
-config and data the step started with (growclip_ds/provenance.py). Exit codes: 0 done, 2 bad config,
+evaluation into ``<run-dir>/step<t>`` (growclip_train/rundir.py); a re-run resumes where it stopped.
+One launch per run folder (``<run-dir>/LOCK``, growclip_train/runlock.py); a resume must run with the
+config and data the step started with (growclip_train/provenance.py). Exit codes: 0 done, 2 bad config,
 input or a run folder in use, 3 preempted (checkpointed; rerun to resume), 4 diverged
 (NaN/inf loss; ``latest`` is the last finite checkpoint), 5 undecodable data.
 """
@@ -33,12 +33,12 @@ def parse_args(argv=None):
     p.add_argument("--method", default="growclip",
                    help="growclip (default), a baseline (tfs, twp, sap, nas) or a TiC-CLIP method (oracle, "
                         "cumulative-all, cumulative-exp, cumulative-equal, sequential, restart, lwf, patching); "
-                        "growclip_ds/methods.py says what each does. One method per run folder")
+                        "growclip_train/methods.py says what each does. One method per run folder")
     p.add_argument("--candidate", type=int, default=None, metavar="INDEX",
                    help="growclip: grow into this candidate (0-63, bit k = factor k) instead of running GAS")
     p.add_argument("--ablate", default="", metavar="LIST",
                    help="comma list of components to turn off (PIM@1, supernet training, GAS, PIM@3: their names are "
-                        "growclip_ds.pipeline.ABLATIONS), as the paper's Table 5")
+                        "growclip_train.phases.ABLATIONS), as the paper's Table 5")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
                    help="checkpoint and exit after N optimizer steps of the current phase (a planned stop; "
@@ -85,14 +85,14 @@ def check(args, lock):
     """(config with the run's tokenizer, run folder, ablations, phases to run, (data fingerprint, key id)): every
     input checked before any process group starts, the run folder locked (rank 0, ``lock``) before
     anything is written there; raises ConfigError / FileNotFoundError / ValueError naming what to fix."""
-    from growclip_ds import methods, provenance
-    from growclip_ds.config import ConfigError, load_config
+    from growclip_ds.config import ConfigError
     from growclip_ds.data.manifest import Manifest
-    from growclip_ds.data.tokenizer import pin_to_run
     from growclip_ds.eval.sets import list_sets
     from growclip_ds.growth.space import NUM_CANDIDATES
-    from growclip_ds.pipeline import ABLATIONS, pending_phases, phases_for
-    from growclip_ds.rundir import RunDir
+    from growclip_ds.presets import load_config
+    from growclip_train import methods, provenance
+    from growclip_train.phases import ABLATIONS, pending_phases, phases_for
+    from growclip_train.rundir import RunDir, pin_tokenizer
 
     cfg = load_config(args.config, args.set)
     cfg.train.grad_accum(int(os.environ.get("WORLD_SIZE", "1")))  # batch sizes must fit the world size
@@ -122,7 +122,7 @@ def check(args, lock):
     if args.step > 1 and not run.step(args.step - 1).finished:
         raise ConfigError(f"--step {args.step}: step {args.step - 1} of {run} is not finished "
                           f"({run.step(args.step - 1).eval_file} missing); run it first")
-    cfg = pin_to_run(cfg, run)   # the run's own tokenizer copy: one vocabulary from step 1 on
+    cfg = pin_tokenizer(cfg, run)   # the run's own tokenizer copy: one vocabulary from step 1 on
     todo = pending_phases(run, args.step, ablate, args.method, args.candidate)
     if args.phase and args.phase not in todo:
         raise ConfigError(f"--phase {args.phase}: step {args.step}'s {args.phase} phase is finished "
@@ -135,7 +135,7 @@ def check(args, lock):
 
 def check_key(run, step: int) -> str:
     """The checkpoint key (signing.check_key) against the key ids of the step's checkpoints."""
-    from growclip_ds.train import checkpoint, signing
+    from growclip_train.train import checkpoint, signing
 
     ids = {checkpoint.manifest_key_id(m.parent) for m in run.step(step).path.glob(f"*/checkpoints/*/{checkpoint.MANIFEST}")}
     return signing.check_key(ids - {None})
@@ -156,7 +156,7 @@ def leave_group() -> None:
 
 def next_phase() -> None:
     """Re-execute for the next phase (same pid, same rank environment, the same command line: a script
-    path or ``-m growclip_ds.launch``): a new engine never shares a process with an old one."""
+    path or ``-m growclip_train.launch``): a new engine never shares a process with an old one."""
     sys.stdout.flush()
     sys.stderr.flush()
     os.environ[EXEC_GEN] = str(int(os.environ.get(EXEC_GEN, "0")) + 1)
@@ -170,7 +170,7 @@ class _Lock:
         self.held = None
 
     def acquire(self, run_dir) -> None:
-        from growclip_ds.runlock import RunLock
+        from growclip_train.runlock import RunLock
 
         self.held = RunLock(run_dir)
         self.held.acquire()
@@ -182,7 +182,7 @@ class _Lock:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from growclip_ds.train import preempt
+    from growclip_train.train import preempt
 
     preempt.mark_launch()   # a STOP file older than this is a killed job's, not a request to this launch
     lock = _Lock()
@@ -194,8 +194,8 @@ def main(argv=None) -> int:
 
 def _main(args, lock) -> int:
     from growclip_ds.config import ConfigError
-    from growclip_ds.runlock import RunLocked
-    from growclip_ds.train.signing import CheckpointKeyError
+    from growclip_train.runlock import RunLocked
+    from growclip_train.train.signing import CheckpointKeyError
 
     try:
         cfg, run, ablate, todo, (data, kid) = check(args, lock)
@@ -205,12 +205,12 @@ def _main(args, lock) -> int:
     except (FileNotFoundError, ValueError, RunLocked, CheckpointKeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from growclip_ds import provenance
     from growclip_ds.data.loader import DataStall
-    from growclip_ds.pipeline import run_phase_of_step
-    from growclip_ds.train import preempt
-    from growclip_ds.train.checkpoint import CheckpointError
-    from growclip_ds.train.nonfinite import NONFINITE_EXIT, NonFiniteError
+    from growclip_train import provenance
+    from growclip_train.phases import run_phase_of_step
+    from growclip_train.train import preempt
+    from growclip_train.train.checkpoint import CheckpointError
+    from growclip_train.train.nonfinite import NONFINITE_EXIT, NonFiniteError
 
     if not todo:
         print(f"[growclip_ds] {run.step(args.step).path} is complete; nothing to do")

@@ -9,7 +9,7 @@ step 1; TiC-CLIP's per-step budget):
 
 | method | start of step t | data | samples |
 |---|---|---|---|
-| growclip | PIM from step t-1, supernet, GAS, PIM (pipeline.py) | D^t | ``train.epochs``-style phases over D^t |
+| growclip | PIM from step t-1, supernet, GAS, PIM (phases.py) | D^t | ``train.epochs``-style phases over D^t |
 | nas | the same phases with every init fresh (one-shot NAS from scratch) | D^t | as growclip |
 | tfs | fresh, fixed architecture | D^t | ``train.epochs`` x N^t |
 | twp | step t-1's weights | D^t | ``train.epochs`` x N^t |
@@ -37,21 +37,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from .config import ConfigError, RunConfig
-from .data.manifest import Manifest
-from .data.mixture import replay_mixture
-from .distributed import accelerator_device, rank_world
-from .growth.pim import pim
-from .model.init import name_seed
-from .rundir import RunDir
-from . import model_folder
-from .train.budget import step_flops
-from .train.trainer import Phase
+from growclip_ds import model_folder
+from growclip_ds.config import ConfigError, RunConfig
+from growclip_ds.data.manifest import Manifest
+from growclip_ds.data.mixture import replay_mixture
+from growclip_ds.distributed import accelerator_device, rank_world
+from growclip_ds.growth.pim import pim
+from growclip_ds.model.init import name_seed
+from growclip_train.rundir import RunDir
+from growclip_train.train.budget import step_flops
+from growclip_train.train.trainer import Phase
 
 
 class Init(str, Enum):
     """Where step t >= 2 starts from."""
-    GROW = "grow"            # GrowCLIP's phases (pipeline.py): PIM, supernet, GAS, PIM
+    GROW = "grow"            # GrowCLIP's phases (phases.py): PIM, supernet, GAS, PIM
     NAS = "nas"              # the same phases, every init fresh
     SCRATCH = "scratch"      # a fresh model of the configured architecture
     PREVIOUS = "previous"    # step t-1's weights
@@ -154,9 +154,9 @@ def patch_step(cfg: RunConfig, step: int, run: RunDir, progress: bool = True) ->
     """Patching's step output: the interpolation of the previous patched model and this step's
     trained one whose alpha scores best on the selection retrieval sets of the old steps (< t,
     ``method.patch_select="old"``) or of all seen steps (<= t, "seen"). Returns (state, record)."""
-    from .eval.evaluate import EvalSets, evaluate
-    from .factory import build
-    from .data.tokenizer import load_tokenizer
+    from growclip_ds.data.tokenizer import load_tokenizer
+    from growclip_ds.eval.evaluate import EvalSets, evaluate
+    from growclip_ds.factory import build
 
     old, arch = model_folder.read_model(run.step(step - 1).path)
     new, _ = model_folder.read_model(run.step(step).phase("train").path)

@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from ..distributed import any_rank
+from growclip_ds.distributed import any_rank
 
 PREEMPTED_EXIT = 3          # launchers/slurm/*.sbatch requeue the job on this exit code
 STOP_FILE = "STOP"

@@ -36,10 +36,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import ArchConfig, RunConfig
-from .growth import space
-from .model import GrowCLIP, param_count
-from .model.flops import hardware_train_flops, image_flops
+from growclip_ds.config import ArchConfig, RunConfig
+from growclip_ds.growth import space
+from growclip_ds.model import GrowCLIP, param_count
+from growclip_train.step_phases import step_costs
 
 # kind -> (dense peak FLOP/s by precision, memory bytes): vendors' data sheets, SXM parts
 GPUS = {
@@ -48,6 +48,7 @@ GPUS = {
     "H100": ({"fp32": 66.9e12, "fp16": 989.4e12, "bf16": 989.4e12}, 80 * 2 ** 30),
     "H200": ({"fp32": 66.9e12, "fp16": 989.4e12, "bf16": 989.4e12}, 141 * 2 ** 30),
 }
+GAS_IMAGES = 50_000   # selection images GAS scores at paper scale (an ImageNet-val-sized split)
 PAPER_PARAMS = {1: 30.0e6, 2: 116.6e6, 3: 168.6e6, 4: 188.4e6}
 # the paper's Table 7, 16 V100: (recipe, params in M, epochs, GPU-hours)
 TABLE7 = [("CLIP-S2 (TFS)", 149.6, 30, 336), ("GrowCLIP-S2", 116.6, 30, 288), ("GrowCLIP-S4 (TFS)", 188.4, 30, 1230),
@@ -152,16 +153,11 @@ def growth_path(cfg: RunConfig, steps: int) -> list[ArchConfig]:
     return path
 
 
-def phases(cfg: RunConfig, path: list[ArchConfig], t: int, n_t: float) -> list[tuple[str, ArchConfig, float, float]]:
-    """(phase, architecture it trains, samples, training FLOPs per sample) of step t."""
-    g, ckpt = cfg.growth, cfg.train.grad_checkpointing
-    if t == 1:
-        return [("train", path[0], cfg.train.epochs * n_t, hardware_train_flops(path[0], ckpt))]
-    prev, sup = path[t - 2], space.supernet(path[t - 2], g)
-    mean = sum(hardware_train_flops(c, ckpt) for c in space.candidates(prev, g)) / space.NUM_CANDIDATES
-    return [("supernet", sup, g.supernet_epochs * n_t, hardware_train_flops(sup, ckpt)),
-            ("sample", sup, g.sample_epochs * n_t, mean),
-            ("final", path[t - 1], g.final_epochs * n_t, hardware_train_flops(path[t - 1], ckpt))]
+def path_costs(cfg: RunConfig, path: list[ArchConfig], t: int, n_t: float, gas_images: int = GAS_IMAGES):
+    """step_phases.step_costs of step t along ``path``, as the hardware runs them (gradient checkpointing
+    recomputes the blocks' forwards)."""
+    return step_costs(cfg, t, path[t - 2] if t > 1 else None, n_t, chosen=path[t - 1],
+                      recompute=cfg.train.grad_checkpointing, gas_images=gas_images)
 
 
 def _gib(b: float) -> str:
@@ -182,8 +178,9 @@ def plan_cluster(cfg: RunConfig, cluster: Cluster, mfu: float = 0.4, samples_per
            "|---|---|---|---|---|---|---|---|---|"]
     seen = set()
     for t in range(1, steps + 1):
-        for name, arch, _, _ in phases(cfg, path, t, 1.0):
-            if (t, name) in seen or name == "sample":
+        for c in path_costs(cfg, path, t, 1.0):
+            name, arch = c.phase, c.arch
+            if (t, name) in seen or name in ("sample", "gas"):
                 continue
             seen.add((t, name))
             z = {s: model_state_bytes(arch, s, cluster.world, prec)["total"] for s in (1, 2, 3)}
@@ -198,21 +195,15 @@ def plan_cluster(cfg: RunConfig, cluster: Cluster, mfu: float = 0.4, samples_per
     total_h = 0.0
     for t in range(1, steps + 1):
         n_t = samples_per_step * t
-        for name, arch, samples, flops in phases(cfg, path, t, n_t):
-            hours = samples * flops / (cluster.world * peak * mfu) / 3600
+        for c in path_costs(cfg, path, t, n_t):
+            hours = c.flops / (cluster.world * peak * mfu) / 3600
             total_h += hours * cluster.world
-            out.append(f"| {t} | {name} | {samples / 1e6:.1f} | {samples * flops / 1e15:,.0f} | {hours:,.1f} | "
+            samples = "-" if c.phase == "gas" else f"{c.samples / 1e6:.1f}"
+            out.append(f"| {t} | {c.phase} | {samples} | {c.flops / 1e15:,.1f} | {hours:,.1f} | "
                        f"{hours * cluster.world:,.0f} |")
-    gas = _gas_pflop(cfg, path)
-    out += ["", f"GAS: {gas:.1f} PFLOP per growth step over 50,000 selection images (minutes).",
+    out += ["", f"GAS (the gas rows): every encoder variant over {GAS_IMAGES:,} selection images, image side only.",
             f"Total: {total_h:,.0f} GPU-hours on {cluster.kind} for steps 1..{steps}.",
             "", "Paper, Table 7 (16 V100, fp16): " + "; ".join(f"{n} {p}M {e} ep {h} GPU-h" for n, p, e, h in TABLE7)
             + ". On V100 with the MFU that makes CLIP-S2 (TFS) cost 336 h, benchmarks/cost.py reproduces that table."]
     return "\n".join(out)
 
-
-def _gas_pflop(cfg: RunConfig, path: list[ArchConfig], images: int = 50_000) -> float:
-    from .growth.gas import variants
-
-    prev = path[0] if len(path) < 2 else path[-2]
-    return images * sum(image_flops(c) for kind, _, c in variants(prev, cfg.growth) if kind == "img") / 1e15

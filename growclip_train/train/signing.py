@@ -23,7 +23,7 @@ import os
 import secrets
 from pathlib import Path
 
-from ..fileio import fsync_path
+from growclip_ds.fileio import fsync_path
 
 KEY_ENV, KEY_FILE_ENV = "GROWCLIP_CHECKPOINT_KEY", "GROWCLIP_KEY_FILE"
 

@@ -1,6 +1,6 @@
 """The one place that calls ``deepspeed.initialize``: ZeRO config, optimizer and schedule.
 
-The JSON in ``growclip_ds/ds_configs/zero<stage>.json`` (package data; ``ds_configs/`` at the top
+The JSON in ``growclip_train/ds_configs/zero<stage>.json`` (package data; ``ds_configs/`` at the top
 of a checkout is the same folder) is merged with the run's values ("auto" fields) and
 the final config is written into the phase folder, so every run records what DeepSpeed saw.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import TrainConfig
+from growclip_ds.config import TrainConfig
 
 DS_CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"   # shipped inside the package
 
@@ -68,7 +68,7 @@ def build_ds_config(train: TrainConfig, world_size: int, base: str | Path | None
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on normally initialised tensors (matrices, kernels, embeddings, positions) only:
     not on biases, norm gains, gates or logit_scale; decided by each parameter's declared role."""
-    from ..model.roles import param_specs
+    from growclip_ds.model.roles import param_specs
 
     specs = param_specs(model)
     decay, no_decay = [], []
@@ -83,7 +83,7 @@ def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.O
     if train.optimizer == "lamb":
         # timm's LAMB semantics with trust ratios that stay per-tensor under ZeRO (DeepSpeed's own
         # Lamb is CUDA-only, and a client LAMB would see flat partitions); DeepSpeed clips globally.
-        from .lamb import PartitionedLamb
+        from growclip_train.train.lamb import PartitionedLamb
 
         return PartitionedLamb(groups, lr=train.lr, betas=tuple(train.betas), eps=train.eps)
     fused = {"fused": True} if torch.cuda.is_available() and not on_cpu() else {}
@@ -133,7 +133,7 @@ def build_engine(model: torch.nn.Module, train: TrainConfig, world_size: int, to
         span_of_step_schedule(total_steps, span, train.warmup_inherited)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, mult)
     engine, opt, _, sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds_cfg)
-    from .lamb import attach_to_engine
+    from growclip_train.train.lamb import attach_to_engine
 
     attach_to_engine(engine)
     return engine, opt, sched

@@ -1,0 +1,75 @@
+"""The package layout's rules, read from the source: the library never imports the application, no import
+circles, one home per concept (arch.json's writer, the temporary-then-rename write, the local launch
+command), and the README's module map names every module."""
+import ast
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("growclip_ds", "growclip_train")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for f in (REPO / pkg).rglob("*.py"):
+            name = ".".join(f.relative_to(REPO).with_suffix("").parts)
+            out[name.removesuffix(".__init__")] = f
+    return out
+
+
+def _imports(name: str, f: Path, mods: dict) -> set[str]:
+    """Modules of the two packages that ``name`` imports anywhere (function-level imports included)."""
+    package = name.split(".") if f.name == "__init__.py" else name.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(f.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[:len(package) - node.level + 1] + [node.module or ""]).strip(".") \
+                if node.level else node.module
+            subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in mods]
+            targets = subs if len(subs) == len(node.names) else [base] + subs
+        else:
+            continue
+        for t in targets:
+            while t and t not in mods:
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                found.add(t)
+    return found
+
+
+def test_the_library_never_imports_the_application_and_nothing_imports_in_a_circle():
+    mods = _modules()
+    graph = {m: _imports(m, f, mods) for m, f in mods.items()}
+    assert [(m, d) for m, deps in graph.items() if m.startswith("growclip_ds")
+            for d in deps if d.startswith("growclip_train")] == []
+    # a circle: a module that can reach itself (package __init__ files hold no imports but growclip_ds.load's)
+    for start in graph:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            m = todo.pop()
+            assert m != start, f"import circle through {start}"
+            if m not in seen:
+                seen.add(m)
+                todo.extend(graph[m])
+
+
+def test_one_home_per_concept():
+    code = {f: f.read_text() for pkg in PACKAGES for f in (REPO / pkg).rglob("*.py")}
+    where = lambda pattern: sorted(str(f.relative_to(REPO)) for f, s in code.items() if re.search(pattern, s))  # noqa: E731
+    assert where(r'"arch\.json"') == ["growclip_ds/model_folder.py"]                     # the model folder's format
+    assert where(r"\.tmp\b") == ["growclip_ds/fileio.py"]                                # write, then rename
+    assert where(r"deepspeed\.launcher\.runner|torch\.distributed\.run") == ["growclip_train/local_launch.py"]
+    assert where(r"def step_costs\(") == ["growclip_train/step_phases.py"]
+    assert where(r"deepspeed\.initialize\(") == ["growclip_train/train/engine.py"]
+
+
+def test_the_readme_module_map_names_every_module():
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index("## Layout"):]
+    block = block[:block.index("```\n", block.index("```text") + 7)]
+    missing = [str(f.relative_to(REPO)) for pkg in PACKAGES for f in (REPO / pkg).rglob("*.py")
+               if f.name != "__init__.py" and not re.search(rf"\b{re.escape(f.name)}\b", block)]
+    assert missing == []
