@@ -1,4 +1,9 @@
-"""growclip_ds: GrowCLIP (CLIP pre-training whose model grows with its data) on DeepSpeed."""
+"""growclip_ds: the GrowCLIP library (CLIP whose model grows with its data): the model, growth operators on
+state dicts, data, tokenizer, evaluation, loading and export. Training runs, checkpoints and launches are
+the application's, ``growclip_train``, which imports this package and is never imported by it.
+
+    model, transform, tokenizer = growclip_ds.load("runs/demo/step4")
+"""
 import os as _os
 import sys as _sys
 
