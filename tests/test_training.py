@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,6 +216,20 @@ def test_load_reproduces_the_runs_own_evaluation(runs, tiny_data, monkeypatch):
         growclip_ds.load(step, tokenizer=runs["zero2"] / "nothing")
 
 
+def _rank_pid(run, rank: int) -> int:
+    """The process of local rank ``rank`` training in ``run`` (its LOCAL_RANK, whichever launcher started it)."""
+    import subprocess
+
+    for pid in subprocess.run(["pgrep", "-f", f"grow.py.*{run}"], capture_output=True, text=True).stdout.split():
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"LOCAL_RANK={rank}".encode() in env and f"{run}" in Path(f"/proc/{pid}/cmdline").read_text():
+            return int(pid)
+    raise AssertionError(f"no rank {rank} process of {run}")
+
+
 def test_sigterm_and_sigusr1_to_one_rank_checkpoint_exit_3_and_resume_exactly(runs, tiny_data, tmp_path):
     """The real signals, each to one rank of a running 2-rank phase: every rank checkpoints after
     the same step and exits 3 (requeue); a rerun with another learning rate is refused; the resumed
@@ -232,7 +247,8 @@ def test_sigterm_and_sigusr1_to_one_rank_checkpoint_exit_3_and_resume_exactly(ru
     for sig, rank in ((signal.SIGTERM, 1), (signal.SIGUSR1, 0)):
         done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
         # the SIGTERM run steps slower: time for a second launch (below) while it trains
-        # DeepSpeed's launcher passes the ranks' exit code 3 on (torchrun reports any failure as 1)
+        # DeepSpeed's launcher passes the ranks' exit code 3 on (torchrun reports any failure as 1, and stops
+        # the other ranks with SIGTERM)
         proc = start(args, launcher="deepspeed", env={"GROWCLIP_FAULT_DELAY": "2" if sig == signal.SIGTERM else "0.5"})
         deadline = time.time() + 120
         while (not metrics.exists() or len(metrics.read_text().splitlines()) < done + 2) and time.time() < deadline:
@@ -243,9 +259,7 @@ def test_sigterm_and_sigusr1_to_one_rank_checkpoint_exit_3_and_resume_exactly(ru
             assert second.returncode == 2 and "is in use by another launch: host" in second.stderr, second.stderr
             holder = json.loads((run / "LOCK").read_text())       # rank 0's process, named with its host
             assert f"host {holder['host']}, pid {holder['pid']}, since" in second.stderr
-        pid = int(subprocess.run(["pgrep", "-f", f"local_rank={rank} .*{run}"], capture_output=True,
-                                 text=True).stdout.split()[0])
-        os.kill(pid, sig)
+        os.kill(_rank_pid(run, rank), sig)
         out, err = proc.communicate(timeout=180)
         assert proc.returncode == PREEMPTED_EXIT, (sig, out[-2000:], err[-3000:])
         assert f"got signal {sig.name}" in out + err
