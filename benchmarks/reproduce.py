@@ -42,9 +42,8 @@ from growclip_ds.presets import load_config  # noqa: E402
 from growclip_train.compare import TABLE5  # noqa: E402
 from growclip_train.local_launch import local_command, local_env  # noqa: E402
 from growclip_train.methods import RECIPES  # noqa: E402
-from growclip_train.phases import ABLATIONS  # noqa: E402
 from growclip_train.rundir import PIM3, RunDir  # noqa: E402
-from growclip_train.step_phases import phases_before, split_epochs  # noqa: E402
+from growclip_train.step_phases import ABLATIONS, phases_before, split_epochs  # noqa: E402
 
 SKIP_ON_COPY = ("checkpoints", "tb", "csv")   # a finished phase's DeepSpeed checkpoints are not needed downstream
 

@@ -38,7 +38,7 @@ def parse_args(argv=None):
                    help="growclip: grow into this candidate (0-63, bit k = factor k) instead of running GAS")
     p.add_argument("--ablate", default="", metavar="LIST",
                    help="comma list of components to turn off (PIM@1, supernet training, GAS, PIM@3: their names are "
-                        "growclip_train.phases.ABLATIONS), as the paper's Table 5")
+                        "growclip_train.step_phases.ABLATIONS), as the paper's Table 5")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
                    help="checkpoint and exit after N optimizer steps of the current phase (a planned stop; "
@@ -91,7 +91,8 @@ def check(args, lock):
     from growclip_ds.growth.space import NUM_CANDIDATES
     from growclip_ds.presets import load_config
     from growclip_train import methods, provenance
-    from growclip_train.phases import ABLATIONS, pending_phases, phases_for
+    from growclip_train.phases import pending_phases, phases_for
+    from growclip_train.step_phases import ABLATIONS
     from growclip_train.rundir import RunDir, pin_tokenizer
 
     cfg = load_config(args.config, args.set)

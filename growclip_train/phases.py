@@ -36,12 +36,11 @@ from growclip_ds.model.init import name_seed
 from growclip_train import methods
 from growclip_train.gas import run_gas
 from growclip_train.growth_step import GrowthStep
-from growclip_train.rundir import PIM1, PIM3, RunDir, StepDir
+from growclip_train.rundir import PIM3, RunDir, StepDir
 from growclip_train.step_phases import growth_phases
 from growclip_train.train import budget, checkpoint, nonfinite
 from growclip_train.train.trainer import Phase, PhaseResult, run_phase
 
-ABLATIONS = (PIM1, "st", "gas", PIM3)   # Table 5's components
 
 
 def phases_for(step: int, ablate: set, method: str = "growclip", candidate: int | None = None) -> list[str]:

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from growclip_ds.config import ArchConfig, RunConfig
 from growclip_ds.growth import space
 from growclip_ds.model.flops import hardware_train_flops, image_flops, text_flops
+from growclip_train.rundir import PIM1, PIM3
 
+ABLATIONS = (PIM1, "st", "gas", PIM3)   # Table 5's components (--ablate)
 # the phases of a step t >= 2 in order, each with the Table 5 component that switches it off (--ablate);
 # PIM@1 runs at the start of ``supernet`` and PIM@3 at the start of ``final`` (rundir.PIM1 / PIM3 records)
 GROWTH_PHASES = ("supernet", "sample", "gas", "final")
@@ -47,8 +49,6 @@ def growth_phases(ablate: set = frozenset(), candidate: int | None = None) -> li
 def phases_before(ablate: set) -> tuple[str, ...]:
     """The phases of a step upstream of its first switched-off component: the same in a run with those
     ablations as in the full method's (benchmarks/reproduce.py copies them instead of training again)."""
-    from growclip_train.rundir import PIM1
-
     out = []
     for p, component in [(PIM1, PIM1)] + [(p, COMPONENT[p]) for p in GROWTH_PHASES[:-1]]:
         if component in ablate:
