@@ -41,13 +41,13 @@ def fitted_path():
     cfg = PRESETS["paper"]
     archs = dict(enumerate(growth_path(cfg, 4), start=1))
     nas = nearest(space.candidates(archs[3], cfg.growth), PAPER_NAS_S4)
-    return cfg.growth, archs, nas
+    return archs, nas
 
 
 def recipes(n_part: float, gas_images: int):
     """Each Table 7 recipe as growclip_train.step_phases.step_costs phases (label, samples, training FLOPs per
     sample; GAS as one whole-phase figure), with the architecture it ends with."""
-    _, archs, nas = fitted_path()
+    archs, nas = fitted_path()
     paper, vit = PRESETS["paper"], PRESETS["vit-b-16"]
 
     def rows(costs, rename=None):

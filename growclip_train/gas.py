@@ -70,17 +70,6 @@ def accuracy(img: dict, txt: dict, sets) -> float:
     return selection_accuracy(result)
 
 
-def variants(prev: ArchConfig, growth: GrowthConfig) -> list[tuple[str, tuple, ArchConfig]]:
-    """The 16 image and 16 text variants, each with one candidate that realises it."""
-    out, seen = [], set()
-    for c in space.candidates(prev, growth):
-        for kind, key in (("img", space.image_variant(c)), ("txt", space.text_variant(c))):
-            if (kind, key) not in seen:
-                seen.add((kind, key))
-                out.append((kind, key, c))
-    return out
-
-
 def _variant_file(folder: Path, kind: str, key: tuple) -> Path:
     return folder / f"{kind}_{'_'.join(map(str, key))}.safetensors"
 
@@ -93,7 +82,7 @@ def run_gas(model, prev: ArchConfig, growth: GrowthConfig, sets, tokenize, step:
     folder = step.phase("gas").path
     folder.mkdir(parents=True, exist_ok=True)
     model.eval()
-    todo = variants(prev, growth)
+    todo = space.variants(prev, growth)
     mine = todo[rank::world]
     written = 0
     for kind, key, arch in tqdm(mine, desc=f"GAS variants (rank {rank})", disable=not progress or rank != 0):

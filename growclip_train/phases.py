@@ -38,9 +38,8 @@ from growclip_train.gas import run_gas
 from growclip_train.growth_step import GrowthStep
 from growclip_train.rundir import PIM3, RunDir, StepDir
 from growclip_train.step_phases import growth_phases
-from growclip_train.train import budget, checkpoint, nonfinite
+from growclip_train.train import budget, checkpoint
 from growclip_train.train.trainer import Phase, PhaseResult, run_phase
-
 
 
 def phases_for(step: int, ablate: set, method: str = "growclip", candidate: int | None = None) -> list[str]:
@@ -224,15 +223,16 @@ def finish_step(cfg: RunConfig, step: StepDir, ckpt_dir, arch: ArchConfig, extra
     evaluate it on all ranks: the step is finished."""
     from growclip_ds.eval.evaluate import EvalSets, evaluate
 
-    bad = []
+    refused = ""
     if rank_world()[0] == 0:
         sd = state if state is not None else checkpoint.consolidated_state_dict(ckpt_dir)
-        bad = nonfinite.nonfinite_tensors(sd)
-        if not bad:
-            model_folder.write_model(step.path, sd, arch, extra)
-    if any_ranks(bool(bad))[0]:
-        raise nonfinite.NonFiniteError(f"{ckpt_dir or step.path}: the model to consolidate holds NaN/inf "
-                                       f"({', '.join(bad[:3]) or 'see rank 0'}); not written, step not finished")
+        try:
+            model_folder.write_model(step.path, sd, arch, extra)   # refuses a state holding NaN/inf
+        except model_folder.NonFiniteError as e:
+            refused = str(e)
+    if any_ranks(bool(refused))[0]:
+        why = refused or f"{step.path}: the model to consolidate holds NaN/inf (see rank 0)"
+        raise model_folder.NonFiniteError(f"{why}; step not finished")
     barrier()
     sd, arch = model_folder.read_model(step.path)
     result = evaluate(build(sd, arch, accelerator_device()), EvalSets(cfg.data, arch.image_size), load_tokenizer(cfg, arch))

@@ -15,7 +15,6 @@ from growclip_ds.growth.kept import describe as describe_kept
 from growclip_ds.model import param_count
 from growclip_ds.model.flops import forward_flops, image_flops, text_flops
 from growclip_ds.model_folder import read_arch
-from growclip_train.gas import variants
 from growclip_train.phases import pending_phases
 from growclip_train.rundir import RunDir
 from growclip_train.step_phases import step_costs
@@ -80,7 +79,7 @@ def plan_next_step(cfg: RunConfig, run_dir: Path) -> str:
         cost(name, costs[name].samples, costs[name].flops, why[name])
     naive = sum(n_img * image_flops(c) + n_txt * text_flops(c) for c in cands)
     gas_flops = costs["gas"].flops
-    lines.append(f"- gas: {len(variants(prev, g))} encoder variants over {n_img} images and {n_txt} prompts, {gas_flops / 1e12:.3f} TFLOP "
+    lines.append(f"- gas: {len(space.variants(prev, g))} encoder variants over {n_img} images and {n_txt} prompts, {gas_flops / 1e12:.3f} TFLOP "
                  f"(scoring each candidate alone: {naive / 1e12:.3f} TFLOP, {naive / gas_flops:.1f}x).")
     fin = costs["final"]
     lo, hi = fin.flops_range

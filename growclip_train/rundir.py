@@ -7,7 +7,7 @@
     <run>/step<t>/data.json              a fingerprint of its data (provenance.py: a resume must match)
     <run>/step<t>/config_changes.jsonl   config changes allowed at a resume (--allow-config-change)
     <run>/step<t>/model.safetensors      the step's model, with arch.json (its architecture, params and
-                                         how it was chosen); the model folder format is checkpoint.py's
+                                         how it was chosen); the model folder format is model_folder.py's
     <run>/step<t>/eval.json              its evaluation: step t is finished when this exists
     <run>/step<t>/gas.jsonl              GAS scores, a line per candidate, appended as they are known
     <run>/step<t>/<phase>/done.json      a finished phase (train, supernet, sample, gas, final, patch) or

@@ -7,7 +7,7 @@ costs. The one count behind ``growclip-ds plan``, ``plan --cluster``, benchmarks
 Samples are what the trainer runs: whole optimizer steps of ``train.global_batch`` (train/schedule.py).
 FLOPs per sample are the model's training FLOPs (3 x forward, what MFU counts), or with ``recompute``
 what the hardware executes under gradient checkpointing. GAS scores encoder variants, not candidates
-(gas.py): its cost is a whole-phase figure (``samples`` = 1).
+(space.variants): its cost is a whole-phase figure (``samples`` = 1).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from growclip_ds.config import ArchConfig, RunConfig
 from growclip_ds.growth import space
 from growclip_ds.model.flops import hardware_train_flops, image_flops, text_flops
 from growclip_train.rundir import PIM1, PIM3
+from growclip_train.train.schedule import plan_steps
 
 ABLATIONS = (PIM1, "st", "gas", PIM3)   # Table 5's components (--ablate)
 # the phases of a step t >= 2 in order, each with the Table 5 component that switches it off (--ablate);
@@ -67,17 +68,13 @@ def split_epochs(epochs: float) -> list[str]:
 def phase_samples(cfg: RunConfig, n_t: float, epochs: float | None) -> int:
     """Samples a phase of ``epochs`` passes over ``n_t`` samples trains: whole global batches (None: the
     step-1 rule, ``train.epochs`` or ``train.num_samples``)."""
-    from growclip_train.train.schedule import plan_steps
-
     return plan_steps(cfg, int(n_t), epochs)[1] * cfg.train.global_batch
 
 
 def gas_flops(prev: ArchConfig, cfg: RunConfig, images: int, texts: int = 0) -> float:
     """GAS's forward FLOPs: every encoder variant over the selection images (image side) or texts."""
-    from growclip_train.gas import variants
-
     return float(sum(images * image_flops(c) if kind == "img" else texts * text_flops(c)
-                     for kind, _, c in variants(prev, cfg.growth)))
+                     for kind, _, c in space.variants(prev, cfg.growth)))
 
 
 def step_costs(cfg: RunConfig, t: int, prev: ArchConfig | None, n_t: float, chosen: ArchConfig | None = None,

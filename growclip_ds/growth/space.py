@@ -51,6 +51,18 @@ def text_variant(arch: ArchConfig) -> tuple:
     return (arch.txt_blocks, arch.txt_heads, arch.shared_blocks, arch.img_heads if arch.tower == "growclip" else 0)
 
 
+def variants(prev: ArchConfig, growth: GrowthConfig) -> list[tuple[str, tuple, ArchConfig]]:
+    """The 16 image and 16 text encoder variants of the space (what GAS scores), each with one candidate
+    that realises it."""
+    out, seen = [], set()
+    for c in candidates(prev, growth):
+        for kind, key in (("img", image_variant(c)), ("txt", text_variant(c))):
+            if (kind, key) not in seen:
+                seen.add((kind, key))
+                out.append((kind, key, c))
+    return out
+
+
 def sample_index(seed: int, growth_step: int, phase: str, iteration: int) -> int:
     """The candidate of one supernet-training iteration, identical on every rank and after resume."""
     return random.Random(name_seed(seed, f"subnet/t{growth_step}/{phase}/it{iteration}")).randrange(NUM_CANDIDATES)

@@ -147,25 +147,24 @@ class Trainer:
             model.load_state_dict(phase.init_state, strict=True)
         model.set_grad_checkpointing(t.grad_checkpointing)
         self.ckpt = CheckpointManager(self.ckpt_dir, t, self.world)
-        self.ckpt.pick()
-        self.resized = self.ckpt.resized   # ZeRO partitions of another world size: a universal conversion
+        self.ckpt.pick()   # ckpt.resized: ZeRO partitions of another world size, loaded by a universal conversion
         warm = replace(t, warmup_steps=warmup_for(t, phase.warmup, self.total))
         self.engine, _, self.sched = build_engine(model, warm, self.world, self.total, self.dir.path,
-                                                  universal=self.resized, span=phase.schedule_span)
+                                                  universal=self.ckpt.resized, span=phase.schedule_span)
         self.teacher = None
         if phase.teacher is not None:
             self.teacher = build(*phase.teacher, device=self.engine.device).eval().requires_grad_(False)
-        if self.resized and self.rank == 0:
+        if self.ckpt.resized and self.rank == 0:
             print(f"[growclip_ds] resuming {self.ckpt_dir / self.ckpt.tag} (world size {self.ckpt.saved_world}) at world size "
                   f"{self.world}; the rest of this epoch reads freshly seeded per-rank streams", flush=True)
 
     def resume(self) -> None:
         meta = self.ckpt.load(self.engine) or {}
         self.state = TrainState.from_meta(meta, max(1, len(self.sources)))
-        if self.resized:
+        if self.ckpt.resized:
             self.state.data = {}
         check_same(self.state.step, "resumed optimizer step", f"the start of {self.dir.path}")
-        self.stream_tag = f"resized{self.state.step}" if self.resized else ""
+        self.stream_tag = f"resized{self.state.step}" if self.ckpt.resized else ""
         self.local_counts = torch.zeros(len(self.state.samples_by_source), dtype=torch.long)  # this rank, since
 
     def start_books(self) -> None:
