@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny built-in corpus made once per test session, and helpers to launch ranks."""
+"""Shared fixtures: a tiny built-in corpus and the multi-rank runs several files read, each made once per test
+run (by whichever pytest-xdist worker asks first), and helpers to launch ranks."""
 from __future__ import annotations
 
 import inspect
@@ -15,6 +16,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# Under pytest-xdist (`.ci/run`: two workers on two cores) each worker's own torch work gets one thread: two
+# workers with two OpenMP threads each, beside launched ranks, spin against each other (a 5 s test took 48 s)
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    os.environ["OMP_NUM_THREADS"] = "1"
 # as in an activated venv: DeepSpeed's JIT ops are built by the `ninja` first on PATH, and the venv's
 # ninja and the system's hash build commands differently, so mixing them rebuilds shm_comm (70-130 s)
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -35,18 +41,42 @@ def _starts_processes(fn) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
+    """Mark the tests that start processes ``launch``; run the files with the most of them first (under xdist,
+    `--dist loadfile` hands out whole files in this order, so the longest come first, not last)."""
     for item in items:
         defs = getattr(item, "_fixtureinfo", None)
         fns = [getattr(item, "function", None)] + [d.func for ds in (defs.name2fixturedefs.values() if defs else [])
                                                     for d in ds]
         if any(_starts_processes(f) for f in fns if f is not None):
             item.add_marker(pytest.mark.launch)
+    launches = {}
+    for item in items:
+        launches[item.path] = launches.get(item.path, 0) + bool(item.get_closest_marker("launch"))
+    items.sort(key=lambda item: -launches[item.path])   # stable: within a file, the written order
+
+
+def shared(tmp_path_factory, name: str, build) -> Path:
+    """The folder ``name`` of this test run, made by ``build(folder)`` once: under xdist the first worker to
+    ask builds it while the others wait (a file lock), so a session run is launched once per test run."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    base = base.parent if XDIST_WORKER else base        # xdist: <run>/popen-gwN per worker; <run> is shared
+    path, done = base / f"shared-{name}", base / f"shared-{name}.built"
+    with FileLock(str(base / f"shared-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)     # a half-built one (its builder failed)
+            path.mkdir()
+            build(path)
+            done.touch()
+    return path
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _checkpoint_key(tmp_path_factory):
-    """The suite's own checkpoint key (train/signing.py), inherited by every launched rank."""
-    os.environ["GROWCLIP_KEY_FILE"] = str(tmp_path_factory.mktemp("key") / "checkpoint.key")
+    """The suite's own checkpoint key (train/signing.py), inherited by every launched rank (of every worker:
+    shared runs are signed with it)."""
+    os.environ["GROWCLIP_KEY_FILE"] = str(shared(tmp_path_factory, "key", lambda p: None) / "checkpoint.key")
 
 
 @pytest.fixture(scope="session")
@@ -54,12 +84,10 @@ def tiny_data(tmp_path_factory) -> Path:
     from growclip_ds.data.builtin import make_builtin
     from growclip_ds.presets import PRESETS
 
-    cfg = PRESETS["tiny"]
-    root = tmp_path_factory.mktemp("data") / "tiny"
-    d = cfg.data
-    make_builtin(root, d.num_steps, d.samples_per_step, d.shard_size, d.eval_per_class, d.retrieval_size,
-                 vocab_size=cfg.arch.vocab_size, progress=False)
-    return root
+    cfg, d = PRESETS["tiny"], PRESETS["tiny"].data
+    return shared(tmp_path_factory, "data", lambda p: make_builtin(
+        p / "tiny", d.num_steps, d.samples_per_step, d.shard_size, d.eval_per_class, d.retrieval_size,
+        vocab_size=cfg.arch.vocab_size, progress=False)) / "tiny"
 
 
 # Multi-rank runs that several test files read, each launched once per session (a launch costs ~10 s
@@ -72,35 +100,42 @@ STEP1 = ["--step", "1", "--config", "tiny", "--set", "train.epochs=3", "--set", 
 def step1_run(tiny_data, tmp_path_factory) -> Path:
     """Step 1 of the tiny config on 2 ranks (ZeRO-2, 3 epochs = 12 steps, every step logged, DeepSpeed's
     TensorBoard and CSV monitors): the reference run of test_training and the start of every growth test."""
-    run = tmp_path_factory.mktemp("step1") / "run"
-    launch(STEP1 + ["--set", f"data.root={tiny_data}", "--run-dir", str(run)])
-    return run
+    return shared(tmp_path_factory, "step1", lambda p: launch(
+        STEP1 + ["--set", f"data.root={tiny_data}", "--run-dir", str(p / "run")])) / "run"
 
 
 @pytest.fixture(scope="session")
 def grown_run(step1_run, tiny_data, tmp_path_factory) -> Path:
     """``step1_run``'s step 1, then growth step 2 on 2 ranks under ZeRO-3 (supernet, sample, GAS, final)."""
-    run = copy_run(step1_run, tmp_path_factory.mktemp("grown") / "run", ["step1"])
-    launch(["--step", "2", "--config", "tiny", "--set", f"data.root={tiny_data}", "--run-dir", str(run),
-            "--set", "train.zero_stage=3"])
-    return run
+    def build(path):
+        run = copy_run(step1_run, path / "run", ["step1"])
+        launch(["--step", "2", "--config", "tiny", "--set", f"data.root={tiny_data}", "--run-dir", str(run),
+                "--set", "train.zero_stage=3"])
+
+    return shared(tmp_path_factory, "grown", build) / "run"
 
 
 @pytest.fixture(scope="session")
 def rank_checks(tmp_path_factory) -> dict:
     """tests/rank_worker.py's jobs, one torchrun launch per world size: LAMB under ZeRO (test_lamb) and the
     loss on 2 ranks (test_loss). Returns {job: its output file}."""
-    tmp, out = tmp_path_factory.mktemp("ranks"), {}
     jobs = {2: [("lamb", 1, 2, "exact"), ("lamb", 3, 2, "exact"), ("lamb", 2, 2, "naive"), ("loss",)],
             3: [("lamb", 2, 3, "exact")]}
-    for world, todo in jobs.items():
-        files = {job: tmp / ("_".join(map(str, job)) + ".pt") for job in todo}
-        args = [f"lamb:{j[1]}:{j[3]}:{f}" if j[0] == "lamb" else f"loss:{f}" for j, f in files.items()]
-        p = run_bounded(local_command([str(REPO / "tests" / "rank_worker.py"), *args], world, launcher="torchrun"),
-                        local_env(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1"), timeout=300)
-        assert p.returncode == 0, p.stderr[-4000:]
-        out.update(files)
-    return out
+
+    def build(tmp):
+        for world, todo in jobs.items():
+            args = [f"lamb:{j[1]}:{j[3]}:{tmp / _name(j)}" if j[0] == "lamb" else f"loss:{tmp / _name(j)}" for j in todo]
+            p = run_bounded(local_command([str(REPO / "tests" / "rank_worker.py"), *args], world,
+                                          launcher="torchrun"),
+                            local_env(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1"), timeout=300)
+            assert p.returncode == 0, p.stderr[-4000:]
+
+    tmp = shared(tmp_path_factory, "ranks", build)
+    return {job: tmp / _name(job) for todo in jobs.values() for job in todo}
+
+
+def _name(job: tuple) -> str:
+    return "_".join(map(str, job)) + ".pt"
 
 
 def copy_run(src: Path, dst: Path, parts: list[str]) -> Path:
@@ -111,16 +146,27 @@ def copy_run(src: Path, dst: Path, parts: list[str]) -> Path:
     return dst
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _remove_leftover_shm_buffers():
-    """Ranks that tests kill on purpose cannot unlink DeepSpeed's /dev/shm buffers (see
-    growclip_ds.distributed.release_shm_buffer); remove what this session's runs left."""
+def _shm_buffers() -> set[Path]:
     from growclip_ds.distributed import SHM_PREFIX
 
-    before = set(Path("/dev/shm").glob(f"{SHM_PREFIX}_{os.getuid()}_*"))
-    yield
-    for f in set(Path("/dev/shm").glob(f"{SHM_PREFIX}_{os.getuid()}_*")) - before:
-        f.unlink(missing_ok=True)
+    return set(Path("/dev/shm").glob(f"{SHM_PREFIX}_{os.getuid()}_*"))
+
+
+_SHM_BEFORE = pytest.StashKey[set]()
+
+
+def pytest_sessionstart(session):
+    if not XDIST_WORKER:
+        session.config.stash[_SHM_BEFORE] = _shm_buffers()
+
+
+def pytest_sessionfinish(session):
+    """Ranks that tests kill on purpose cannot unlink DeepSpeed's /dev/shm buffers (see
+    growclip_ds.distributed.release_shm_buffer); remove what this test run's ranks left. Done by the main
+    process after every xdist worker has finished (a worker's ranks may still use theirs until then)."""
+    if not XDIST_WORKER:
+        for f in _shm_buffers() - session.config.stash.get(_SHM_BEFORE, set()):
+            f.unlink(missing_ok=True)
 
 
 class PicklePayload:
