@@ -90,7 +90,7 @@ def tiny_data(tmp_path_factory) -> Path:
         vocab_size=cfg.arch.vocab_size, progress=False)) / "tiny"
 
 
-# Multi-rank runs that several test files read, each launched once per session (a launch costs ~10 s
+# Multi-rank runs that several test files read, each launched once per test run (``shared``; a launch costs ~10 s
 # before it trains). Tests that train further copy what they need (``copy_run``) and never change these.
 STEP1 = ["--step", "1", "--config", "tiny", "--set", "train.epochs=3", "--set", "train.log_every=1",
          "--set", "train.zero_stage=2", "--set", "train.monitor=tensorboard,csv"]
