@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
-# Under pytest-xdist (`.ci/run`: two workers on two cores) each worker's own torch work gets one thread: two
+# Under pytest-xdist (setup.cfg addopts: two workers on two cores) each worker's own torch work gets one thread: two
 # workers with two OpenMP threads each, beside launched ranks, spin against each other (a 5 s test took 48 s)
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if XDIST_WORKER:
