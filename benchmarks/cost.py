@@ -25,14 +25,10 @@ from growclip_ds.growth import space  # noqa: E402
 from growclip_ds.model import param_count  # noqa: E402
 from growclip_ds.model.flops import forward_flops  # noqa: E402
 from growclip_ds.presets import PRESETS  # noqa: E402
-from growclip_train.plan_cluster import PAPER_PARAMS, TABLE7, growth_path  # noqa: E402
+from growclip_train.plan_cluster import PAPER_PARAMS, TABLE7, growth_path, nearest_candidate  # noqa: E402
 from growclip_train.step_phases import step_costs  # noqa: E402
 
 PAPER_NAS_S4 = 325.9e6
-
-
-def nearest(cands, target):
-    return min(cands, key=lambda a: abs(param_count(a) - target))
 
 
 def fitted_path():
@@ -40,7 +36,7 @@ def fitted_path():
     counts) and the NAS-S4 choice, fitted the same way."""
     cfg = PRESETS["paper"]
     archs = dict(enumerate(growth_path(cfg, 4), start=1))
-    nas = nearest(space.candidates(archs[3], cfg.growth), PAPER_NAS_S4)
+    nas = nearest_candidate(archs[3], cfg.growth, PAPER_NAS_S4)
     return archs, nas
 
 

@@ -145,12 +145,16 @@ def growth_path(cfg: RunConfig, steps: int) -> list[ArchConfig]:
     the largest candidate at each step (the memory upper bound)."""
     path = [cfg.arch]
     for t in range(2, steps + 1):
-        cands = space.candidates(path[-1], cfg.growth)
         if cfg.name == "paper" and t in PAPER_PARAMS:
-            path.append(min(cands, key=lambda a: abs(param_count(a) - PAPER_PARAMS[t])))
+            path.append(nearest_candidate(path[-1], cfg.growth, PAPER_PARAMS[t]))
         else:
             path.append(space.supernet(path[-1], cfg.growth))
     return path
+
+
+def nearest_candidate(prev: ArchConfig, growth, params: float) -> ArchConfig:
+    """The candidate grown from ``prev`` whose parameter count is nearest ``params`` (a paper figure)."""
+    return min(space.candidates(prev, growth), key=lambda a: abs(param_count(a) - params))
 
 
 def path_costs(cfg: RunConfig, path: list[ArchConfig], t: int, n_t: float, gas_images: int = GAS_IMAGES):
