@@ -61,3 +61,24 @@ def write_record(name: str, record: dict, table: list[str], device: str = "cpu")
     (OUT_DIR / f"{stem}.json").write_text(json.dumps(record, indent=1))
     (OUT_DIR / f"{stem}.md").write_text("\n".join(table) + "\n")
     return OUT_DIR / f"{stem}.json"
+
+
+def new_plot(size=(7, 4.5)):
+    """A matplotlib figure and axes on the file backend (no display on these machines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=size)
+
+
+def save_plot(fig, ax, path, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels, grid and legend, then the PNG at ``path``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

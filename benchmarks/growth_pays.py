@@ -26,17 +26,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import new_plot, save_plot  # noqa: E402
 from growclip_train.report import step_rows  # noqa: E402
 from growclip_train.rundir import RunDir  # noqa: E402
 
 METHODS = ("growclip", "twp", "tfs", "tfs-chosen", "cumulative-all")
 
 
-def selection_top1(step_dir: Path) -> float:
-    """Mean zero-shot top-1 of a step's model on the selection split (cached in the step folder)."""
+def selection_eval(step_dir: Path) -> dict:
+    """A step's model on the selection split: {"mean_top1", "eval"} (cached in the step folder)."""
     f = step_dir / "selection_eval.json"
     if f.exists():
-        return json.loads(f.read_text())["mean_top1"]
+        return json.loads(f.read_text())
     from growclip_ds.config import RunConfig
     from growclip_ds.data.tokenizer import load_tokenizer
     from growclip_ds.eval.evaluate import EvalSets, evaluate, selection_accuracy
@@ -47,8 +48,14 @@ def selection_top1(step_dir: Path) -> float:
     sd, arch = read_model(step_dir)
     res = evaluate(build(sd, arch, "cpu"), EvalSets(cfg.data, arch.image_size, role="selection"),
                    load_tokenizer(cfg, arch))
-    f.write_text(json.dumps({"mean_top1": selection_accuracy(res), "eval": res}))
-    return selection_accuracy(res)
+    rec = {"mean_top1": selection_accuracy(res), "eval": res}
+    f.write_text(json.dumps(rec))
+    return rec
+
+
+def selection_top1(step_dir: Path) -> float:
+    """Mean zero-shot top-1 of a step's model on the selection split."""
+    return selection_eval(step_dir)["mean_top1"]
 
 
 def run_rows(method: str, seed: int, run: Path, selection: bool) -> list[dict]:
@@ -156,13 +163,8 @@ def method_table(rows: list[dict]) -> list[str]:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     top, fl = aggregate(rows, "top1_mean"), aggregate(rows, "tflops_cum")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = new_plot()
     for m in METHODS:
         keys = sorted(k for k in top if k[0] == m)
         if not keys:
@@ -171,13 +173,8 @@ def plot(rows: list[dict], path: Path) -> None:
         y = [top[k]["mean"] for k in keys]
         err = [[top[k]["mean"] - top[k]["min"] for k in keys], [top[k]["max"] - top[k]["mean"] for k in keys]]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=m)
-    ax.set_xlabel("cumulative training TFLOP (analytic)")
-    ax.set_ylabel("mean zero-shot top-1 (%), test split")
-    ax.set_title("quality vs compute, matched FLOPs per step (bars: min..max over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_plot(fig, ax, path, "cumulative training TFLOP (analytic)", "mean zero-shot top-1 (%), test split",
+              "quality vs compute, matched FLOPs per step (bars: min..max over seeds)")
 
 
 def main() -> int:

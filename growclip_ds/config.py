@@ -115,6 +115,7 @@ class DataConfig:
     max_idle_minutes: float = 10.0    # minutes without a decodable sample before a rank stops (0: no bound)
     warn_bad_fraction: float = 0.01   # warn at the end of a phase when more samples than this were skipped
     # built-in corpus generator (growclip-ds data make)
+    corpus: str = "v2"                # "v2": later steps need capacity (data/scenes_v2.py); "v1": the 2026-11 corpus
     num_steps: int = 4                # T, growth steps of the built-in corpus
     samples_per_step: int = 2048
     shard_size: int = 256
@@ -123,6 +124,7 @@ class DataConfig:
 
     def validate(self, prefix: str = "data") -> "DataConfig":
         _check(bool(self.root), f"{prefix}.root", "must name a folder", self.root)
+        _check(self.corpus in ("v1", "v2"), f"{prefix}.corpus", "must be 'v1' or 'v2'", self.corpus)
         for f in ("num_steps", "samples_per_step", "shard_size", "eval_per_class", "retrieval_size"):
             v = getattr(self, f)
             _check(isinstance(v, int) and v >= 1, f"{prefix}.{f}", "must be an integer >= 1", v)
@@ -161,7 +163,7 @@ class GrowthConfig:
     alpha: float = 0.5
     select: str = "paper"             # GAS's rule: "paper": A + alpha x size term; "compute": A - compute_penalty
                                       # x log2(FLOPs per sample / the step t-1 model's), what a candidate is
-                                      # expected to lose by seeing fewer samples under a FLOP budget (growth/gas.py)
+                                      # expected to lose by seeing fewer samples under a FLOP budget (growclip_train/gas.py)
     compute_penalty: float = 0.05     # select=compute: selection accuracy lost per halving of the samples seen
     copy_logit_scale: bool = True
     pim_scope: str = "all"            # "all" tensors, or "weights" only (norms and biases copied)

@@ -9,7 +9,7 @@
     growclip-ds export runs/vitb/step1 --format open_clip --out exported/oc
     model, _, preprocess = open_clip.create_model_and_transforms("local-dir:exported/oc")
     tokenize = open_clip.get_tokenizer("local-dir:exported/oc")      # the folder's tokenizer: our ids
-    clip_benchmark eval --model local-dir:exported/oc --dataset wds/colour --dataset_root data/builtin/eval/zero_shot/colour
+    clip_benchmark eval --model local-dir:exported/oc --dataset wds/colour --dataset_root data/builtin/eval/test/colour
 
 These two hold CLIP's own function only: a patch stem, CLIP's towers (``arch.tower=clip``) and no
 shared blocks, i.e. the ``vit-b-16`` preset and any run trained with those settings; open_clip refuses

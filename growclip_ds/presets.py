@@ -44,7 +44,10 @@ PRESETS: dict[str, RunConfig] = {
         train=TrainConfig(global_batch=128, micro_batch=64, lr=2e-3, warmup_steps=50, epochs=30.0,
                           optimizer="adamw", weight_decay=0.05, zero_stage=2, checkpoint_every=100,
                           log_every=10),
-        data=DataConfig(root="data/builtin", samples_per_step=3072, shard_size=256, num_workers=1),
+        # a shuffle buffer of 32 keeps most of corpus v2's contrast families (4 scenes one attribute apart,
+        # written together) in one batch of 128 (data/scenes_v2.py), so that the loss needs what the scenes
+        # hold (docs/results/headroom_cpu2_2026-12-07 section 2: the pilots with and without families)
+        data=DataConfig(root="data/builtin", samples_per_step=3072, shard_size=256, num_workers=1, shuffle_buffer=32),
         growth=GrowthConfig(delta_img_blocks=1, delta_img_heads=2, delta_conv_layers=0,
                             delta_txt_blocks=1, delta_txt_heads=2, delta_shared_blocks=1, alpha=0.05,
                             select="compute", compute_penalty=0.1,

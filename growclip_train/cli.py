@@ -1,6 +1,7 @@
 """``growclip-ds``: data, evaluation and the demo job.
 
-    growclip-ds data make --config demo            # built-in growing corpus -> data/builtin
+    growclip-ds data make --config demo            # built-in growing corpus (v2) -> data/builtin
+    growclip-ds data make --config demo --set data.corpus=v1 --root data/builtin-v1   # the corpus before 2026-12-07
     growclip-ds data split /path/to/img2dataset --steps 4 [--sizes 4,2,1,1 | --by year]
     growclip-ds eval runs/demo/step1 --config demo
     growclip-ds demo                               # make data, grow over all steps on 2 ranks, report
@@ -26,16 +27,21 @@ from growclip_train.local_launch import local_command, local_env
 
 
 def _data_make(args) -> int:
-    from growclip_ds.data.builtin import make_builtin
+    from growclip_ds.data.builtin import make_builtin, recorded_corpus
 
     cfg = load_config(args.config, args.set)
     d = cfg.data
     root = Path(args.root or d.root)
     if (root / "manifest.parquet").exists() and not args.force:
-        print(f"{root}/manifest.parquet exists; use --force to remake it")
+        have = recorded_corpus(root)
+        if have != d.corpus and have is not None:
+            print(f"{root} holds built-in corpus {have}, the config asks for {d.corpus}: remake it with --force, "
+                  f"or use another --root (runs that trained on {root} keep pointing at it)", file=sys.stderr)
+            return 2
+        print(f"{root}/manifest.parquet exists (corpus {have}); use --force to remake it")
         return 0
     m = make_builtin(root, d.num_steps, d.samples_per_step, d.shard_size, d.eval_per_class, d.retrieval_size,
-                     vocab_size=cfg.arch.vocab_size, seed=args.seed)
+                     vocab_size=cfg.arch.vocab_size, seed=args.seed, corpus=d.corpus)
     print(f"wrote {len(m.entries)} shards, N^t = {[m.num_samples(t) for t in range(1, m.num_steps + 1)]} to {root}")
     return 0
 
@@ -92,8 +98,9 @@ def _export(args) -> int:
 def _demo(args) -> int:
     cfg = load_config(args.config, args.set)
     run_dir = Path(args.run_dir or f"runs/{cfg.name}")
-    if not (Path(cfg.data.root) / MANIFEST).exists():
-        _data_make(argparse.Namespace(config=args.config, set=args.set, root=None, force=False, seed=0))
+    rc = _data_make(argparse.Namespace(config=args.config, set=args.set, root=None, force=False, seed=0))
+    if rc:
+        return rc
     steps = range(1, (args.steps or cfg.data.num_steps) + 1)
     for step in steps:
         cmd = local_command(["-m", "growclip_train.launch", "--step", str(step), "--config", args.config, "--run-dir",
@@ -184,7 +191,8 @@ def main(argv=None) -> int:
     common.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
 
     data = sub.add_parser("data", help="make or split image-text shards").add_subparsers(dest="what", required=True)
-    mk = data.add_parser("make", parents=[common], help="write the built-in growing corpus")
+    mk = data.add_parser("make", parents=[common], help="write the built-in growing corpus (data.corpus: v2, the "
+                                                        "default, or v1)")
     mk.add_argument("--root", default=None, help="output folder (default: data.root)")
     mk.add_argument("--seed", type=int, default=0)
     mk.add_argument("--force", action="store_true")

@@ -179,11 +179,6 @@ class RunDir:
         return str(self.path)
 
 
-def run_of(step_dir) -> RunDir:
-    """The run a step folder given by path belongs to (``growclip-ds eval runs/demo/step2``)."""
-    return RunDir(Path(step_dir).resolve().parent)
-
-
 def pin_tokenizer(cfg, run_dir):
     """``cfg`` whose tokenizer is the run's own copy, made from the configured one on first use (every
     rank may make it at once: the first whole copy stays, the others are dropped)."""

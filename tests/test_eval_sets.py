@@ -150,7 +150,8 @@ def test_thousand_classes_eighty_templates_encode_in_bounded_batches(model_tok):
 def test_builtin_data_is_written_in_the_user_formats(tiny_data):
     index = json.loads((tiny_data / "eval" / "sets.json").read_text())["sets"]
     assert {(s["name"], s["kind"], s["role"]) for s in index} == \
-        {(n, "zeroshot", r) for n in ("colour", "shape", "position") for r in ("test", "selection")} | \
+        {(n, "zeroshot", r) for n in ("colour", "shape", "position", "binding", "relation")
+         for r in ("test", "selection")} | \
         {("retrieval", "retrieval", r) for r in ("test", "selection")}
     colour = tiny_data / "eval" / "test" / "colour"
     assert (colour / "classnames.txt").exists() and (colour / "zeroshot_classification_templates.txt").exists()

@@ -8,6 +8,7 @@ user's img2dataset folder, ``data make`` for the built-in corpus.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,9 @@ class Manifest:
                                      tuple(r.get("holdout") or ())) for r in t])
 
     def save(self) -> Path:
-        rows = [{"shard": str(e.path.relative_to(self.root)), "step": e.step, "num_samples": e.num_samples,
+        # relative to the manifest's folder, ".." allowed: a derived manifest (benchmarks/headroom.py's D^t as
+        # one step) points at shards it does not copy
+        rows = [{"shard": os.path.relpath(e.path, self.root), "step": e.step, "num_samples": e.num_samples,
                  "holdout": list(e.holdout)} for e in self.entries]
         path = self.root / MANIFEST
         atomic_write_table(pa.Table.from_pylist(rows), path)

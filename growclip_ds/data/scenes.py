@@ -3,7 +3,8 @@
 A scene is 1-3 objects of one shape and colour, small or large, grouped at one position, on a
 plain, striped or checkered background. Captions are templated with synonyms. Step t draws from
 the concepts introduced up to t, over-weighting the ones new at t, so later data holds colours,
-shapes and backgrounds the earlier data lacks and a larger model has more to learn.
+shapes and counts the earlier data lacks. This is corpus v1: it adds concepts but no difficulty,
+so it never outgrows the step-1 model (docs/results/headroom_*); v2 (scenes_v2.py) does.
 """
 from __future__ import annotations
 
@@ -88,18 +89,18 @@ def sample_scene(rng: random.Random, step: int, num_steps: int, **fixed) -> Scen
                  pick["background"])
 
 
-def caption(scene: Scene, rng: random.Random) -> str:
+def caption(scene: Scene, rng: random.Random, colours: dict = COLOURS, shapes: dict = SHAPES) -> str:
     plural = scene.count > 1
-    shape_word = rng.choice(SHAPES[scene.shape][1])
+    shape_word = rng.choice(shapes[scene.shape][1])
     if plural:
-        shape_word = SHAPES[scene.shape][0] if shape_word == scene.shape else shape_word + (
+        shape_word = shapes[scene.shape][0] if shape_word == scene.shape else shape_word + (
             "es" if shape_word.endswith(("s", "x")) else "s")
     return rng.choice(TEMPLATES).format(
-        n=rng.choice(COUNT_WORDS[scene.count]), size=scene.size, colour=rng.choice(COLOURS[scene.colour][1]),
+        n=rng.choice(COUNT_WORDS[scene.count]), size=scene.size, colour=rng.choice(colours[scene.colour][1]),
         shape=shape_word, pos=rng.choice(POSITIONS[scene.position][1]), bg=scene.background)
 
 
-def _draw_shape(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
+def draw_shape(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
     box = [cx - r, cy - r, cx + r, cy + r]
     if shape == "circle":
         d.ellipse(box, fill=fill)
@@ -115,22 +116,37 @@ def _draw_shape(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: flo
         d.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
     elif shape == "ring":
         d.ellipse(box, outline=fill, width=max(1, int(r / 2.5)))
+    elif shape == "bar":   # corpus v2
+        d.rectangle([cx - r, cy - r / 2.5, cx + r, cy + r / 2.5], fill=fill)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
 
 
-def render(scene: Scene, rng: random.Random, size: int = 48) -> Image.Image:
+def background(kind: str, rng: random.Random, size: int) -> Image.Image:
+    """A grey canvas of a random shade, plain, striped or checkered."""
     base = rng.randint(20, 70)
     img = Image.new("RGB", (size, size), (base, base, base))
     d = ImageDraw.Draw(img)
     alt = (base + 35, base + 35, base + 35)
     step = size // 6
-    if scene.background == "striped":
+    if kind == "striped":
         for x in range(0, size, 2 * step):
             d.rectangle([x, 0, x + step - 1, size], fill=alt)
-    elif scene.background == "checkered":
+    elif kind == "checkered":
         for x in range(0, size, step):
             for y in range(0, size, step):
                 if (x // step + y // step) % 2:
                     d.rectangle([x, y, x + step - 1, y + step - 1], fill=alt)
+    return img
+
+
+def jitter(rgb, rng: random.Random) -> tuple:
+    return tuple(min(255, max(0, c + rng.randint(-15, 15))) for c in rgb)
+
+
+def render(scene: Scene, rng: random.Random, size: int = 48, colours: dict = COLOURS) -> Image.Image:
+    img = background(scene.background, rng, size)
+    d = ImageDraw.Draw(img)
     (x0, x1, y0, y1), _ = POSITIONS[scene.position]
     # group layout in units of the object radius; tall groups in the side regions, wide ones elsewhere
     tall = scene.position in ("left", "right")
@@ -142,7 +158,24 @@ def render(scene: Scene, rng: random.Random, size: int = 48) -> Image.Image:
     r = min(SIZES[scene.size] * size * rng.uniform(0.85, 1.15), 0.5 * w / ext_x, 0.5 * h / ext_y)
     cx = rng.uniform(x0 * size + ext_x * r, x1 * size - ext_x * r)
     cy = rng.uniform(y0 * size + ext_y * r, y1 * size - ext_y * r)
-    rgb = tuple(min(255, max(0, c + rng.randint(-15, 15))) for c in COLOURS[scene.colour][0])
+    rgb = jitter(colours[scene.colour][0], rng)
     for u, v in units:
-        _draw_shape(d, scene.shape, cx + u * r, cy + v * r, r * 0.95, rgb)
+        draw_shape(d, scene.shape, cx + u * r, cy + v * r, r * 0.95, rgb)
     return img
+
+
+# The corpus interface builtin.py reads (v2, data/scenes_v2.py, has the same)
+def draw_train(rng: random.Random, step: int, num_steps: int) -> list:
+    return [sample_scene(rng, step, num_steps)]
+
+
+def meta(scene: Scene) -> dict:
+    return dict(scene.__dict__)
+
+
+def eval_tasks(num_steps: int) -> dict:
+    """Zero-shot tasks: name -> (class phrases, prompt templates, sampler(rng, class index) -> scene)."""
+    def sampler(task, classes):
+        return lambda rng, i: sample_scene(rng, num_steps, num_steps, **{task: classes[i]})
+    return {task: ([CLASS_PHRASES.get(task, {}).get(c, c) for c in classes], PROMPTS[task], sampler(task, classes))
+            for task, classes in TASKS.items()}

@@ -65,7 +65,7 @@ def manifest_key_id(folder: Path) -> str | None:
 
 
 def save(engine, ckpt_dir: Path, global_step: int, meta: dict, keep: int = 0) -> str:
-    """DeepSpeed's checkpoint, then a manifest (size and CRC32 of every file, our metadata), then
+    """DeepSpeed's checkpoint, then a signed manifest (size and keyed hash of every file, our metadata), then
     ``latest`` (atomically), in that order: a crash or a full disk at any point leaves the previous
     ``latest`` valid. A folder of the same tag left by an earlier, unfinished save (perhaps at
     another world size, with more partition files) is removed first, so a checkpoint never mixes

@@ -13,7 +13,6 @@ import signal
 import time
 from pathlib import Path
 
-from growclip_ds.distributed import any_rank
 
 PREEMPTED_EXIT = 3          # launchers/slurm/*.sbatch requeue the job on this exit code
 STOP_FILE = "STOP"
@@ -59,7 +58,3 @@ def asked(run_dir: Path) -> bool:
     except FileNotFoundError:
         return False
 
-
-def requested(run_dir: Path) -> bool:
-    """True on every rank once any rank was signalled or the stop file exists (collective)."""
-    return any_rank(asked(run_dir))
