@@ -73,7 +73,7 @@ def test_growth_across_two_nodes_with_a_rank_killed_during_gas(two_nodes, grown_
     rows = [json.loads(x) for x in (run / "step2" / "gas.jsonl").read_text().splitlines()]
     assert sorted(r["index"] for r in rows) == list(range(64))
     ev = json.loads((run / "step2" / "eval.json").read_text())
-    assert set(ev["zero_shot"]) == {"colour", "shape", "position"}
+    assert set(ev["zero_shot"]) == {"colour", "shape", "position", "binding", "relation"}   # corpus v2's tasks
     from growclip_train.train.checkpoint import latest_tag, read_meta
 
     ckpt = run / "step2" / "final" / "checkpoints"
