@@ -108,10 +108,11 @@ def run_all(runs: list[dict], config: str, overrides: list[str], jobs: int, thre
     running, failed, t0, n = [], [], time.time(), len(todo)
     print(f"[headroom] {len(runs) - n} of {len(runs)} runs already done; {n} to run, {jobs} at a time", flush=True)
     while todo or running:
-        for r, p, started in list(running):
+        for r, p, started, log in list(running):
             if p.poll() is None:
                 continue
-            running.remove((r, p, started))
+            running.remove((r, p, started, log))
+            log.close()
             ok = p.returncode == 0 and RunDir(r["folder"]).step(1).finished
             failed += [] if ok else [str(r["folder"])]
             done = n - len(todo) - len(running)
@@ -126,7 +127,8 @@ def run_all(runs: list[dict], config: str, overrides: list[str], jobs: int, thre
             log = open(logs / ("_".join(r["folder"].parts[-4:]) + ".log"), "w")
             log.write("$ " + shlex.join(cmd) + "\n")
             log.flush()
-            running.append((r, subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), time.time()))
+            proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            running.append((r, proc, time.time(), log))
         time.sleep(0.5)
     return failed
 

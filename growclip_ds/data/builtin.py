@@ -58,7 +58,8 @@ def _sample(world, key: str, scene, rng, step: int) -> dict:
 
 
 def _step_samples(world, rng, step: int, num_steps: int, n: int, key) -> list[dict]:
-    """``n`` samples of step t, the i-th keyed ``key(i)`` (a draw of two scenes, a contrast twin, counts as two)."""
+    """``n`` samples of step t, the i-th keyed ``key(i)``; a draw may hold several scenes (v2's family of four),
+    each a sample, the last draw cut at ``n``."""
     out = []
     while len(out) < n:
         for scene in world.draw_train(rng, step, num_steps)[: n - len(out)]:
