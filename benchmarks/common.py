@@ -21,7 +21,9 @@ def device_name() -> str:
     """'h100', 'a100', ... for a known GPU, the raw CUDA name otherwise, 'cpu' without a GPU."""
     import torch
 
-    if not torch.cuda.is_available() or os.environ.get("DS_ACCELERATOR") == "cpu":
+    from growclip_train.accelerator import on_cpu
+
+    if on_cpu():
         return "cpu"
     name = torch.cuda.get_device_name().lower()
     return next((k for k in PEAK_FLOPS if k in name), name.replace(" ", "_"))

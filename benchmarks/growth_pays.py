@@ -38,16 +38,10 @@ def selection_eval(step_dir: Path) -> dict:
     f = step_dir / "selection_eval.json"
     if f.exists():
         return json.loads(f.read_text())
-    from growclip_ds.config import RunConfig
-    from growclip_ds.data.tokenizer import load_tokenizer
-    from growclip_ds.eval.evaluate import EvalSets, evaluate, selection_accuracy
-    from growclip_ds.factory import build
-    from growclip_ds.model_folder import read_model
+    from growclip_ds.eval.evaluate import selection_accuracy
+    from growclip_train.step_eval import evaluate_step
 
-    cfg = RunConfig.from_dict(json.loads((step_dir / "config.json").read_text()))
-    sd, arch = read_model(step_dir)
-    res = evaluate(build(sd, arch, "cpu"), EvalSets(cfg.data, arch.image_size, role="selection"),
-                   load_tokenizer(cfg, arch))
+    res = evaluate_step(step_dir, role="selection", device="cpu")
     rec = {"mean_top1": selection_accuracy(res), "eval": res}
     f.write_text(json.dumps(rec))
     return rec

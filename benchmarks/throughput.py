@@ -157,7 +157,8 @@ def worker(args) -> None:
     from growclip_ds.model import GrowCLIP, param_count
     from growclip_ds.model.flops import hardware_train_flops, train_flops
     from growclip_ds.presets import load_config
-    from growclip_train.train.engine import build_engine, on_cpu
+    from growclip_train.accelerator import on_cpu
+    from growclip_train.train.engine import build_engine
 
     overrides = [f"train.zero_stage={args.zero}", f"train.precision={args.precision}",
                  f"train.grad_checkpointing={args.grad_ckpt}"] + args.set
@@ -246,7 +247,7 @@ def worker(args) -> None:
                       "peak_memory_gib": mem[k], "first_loss": first_loss[k], "steps_timed": len(step_s),
                       "rank0_mean_s": {part: v / len(step_s) for part, v in clocks[k].parts.items()}}
         report(args, cfg, world, dev, peak.item(), sheet, res, param_count(arch), flops)
-    from growclip_ds.distributed import release_shm_buffer
+    from growclip_train.accelerator import release_shm_buffer
 
     dist.barrier()
     release_shm_buffer()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import typing
 from dataclasses import dataclass, field, fields, asdict
 
 from .arch import ArchConfig  # noqa: F401  (part of this module's API: RunConfig.arch)
@@ -234,6 +235,9 @@ class MethodConfig:
         return self
 
 
+SECTIONS = ("arch", "train", "data", "growth", "method")   # a run config's sections, in order
+
+
 @dataclass(frozen=True)
 class RunConfig:
     arch: ArchConfig = field(default_factory=ArchConfig)
@@ -244,11 +248,8 @@ class RunConfig:
     name: str = "custom"
 
     def validate(self) -> "RunConfig":
-        self.arch.validate()
-        self.train.validate()
-        self.data.validate()
-        self.growth.validate()
-        self.method.validate()
+        for sec in SECTIONS:
+            getattr(self, sec).validate()
         a, g = self.arch, self.growth   # growth must stay inside what the architecture can express
         _check(a.stem == "conv" or g.delta_conv_layers == 0, "growth.delta_conv_layers",
                "must be 0 with arch.stem='patch' (no conv stem to deepen)", g.delta_conv_layers)
@@ -271,13 +272,10 @@ class RunConfig:
     def from_dict(cls, d: dict) -> "RunConfig":
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ConfigError(f"{sorted(unknown)[0]}: unknown config section; "
-                              "known: arch, train, data, growth, method, name")
+            raise ConfigError(f"{sorted(unknown)[0]}: unknown config section; known: {', '.join(SECTIONS)}, name")
+        types = typing.get_type_hints(cls)
         return cls(arch=ArchConfig.from_dict(d.get("arch", {}), "arch"),
-                   train=_from_dict(TrainConfig, d.get("train", {}), "train"),
-                   data=_from_dict(DataConfig, d.get("data", {}), "data"),
-                   growth=_from_dict(GrowthConfig, d.get("growth", {}), "growth"),
-                   method=_from_dict(MethodConfig, d.get("method", {}), "method"),
+                   **{sec: _from_dict(types[sec], d.get(sec, {}), sec) for sec in SECTIONS[1:]},
                    name=d.get("name", "custom"))
 
 

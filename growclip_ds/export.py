@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from .config import ArchConfig
+from .errors import InputError
 
 FORMATS = ("hf", "open_clip")
 PAD = "<|growclip_pad|>"
@@ -47,7 +48,7 @@ def check_exportable(arch: ArchConfig) -> None:
     if arch.shared_blocks:
         problems.append(f"arch.shared_blocks={arch.shared_blocks}: CLIP's towers share no blocks")
     if problems:
-        raise ValueError("this model cannot be written as CLIP: " + "; ".join(problems)
+        raise InputError("this model cannot be written as CLIP: " + "; ".join(problems)
                          + " (the vit-b-16 preset has all three)")
 
 
@@ -121,11 +122,11 @@ def shifted_tokenizer(tok, context_length: int):
 
     hf = tok.tok
     if not getattr(hf, "is_fast", False):
-        raise ValueError("export needs a fast (tokenizer.json) tokenizer; save yours with transformers first")
+        raise InputError("export needs a fast (tokenizer.json) tokenizer; save yours with transformers first")
     spec = json.loads(hf.backend_tokenizer.to_str())
     vocab = spec["model"].get("vocab")
     if not isinstance(vocab, dict):
-        raise ValueError(f"export: a {spec['model'].get('type')} tokenizer's ids cannot be shifted (BPE, WordPiece "
+        raise InputError(f"export: a {spec['model'].get('type')} tokenizer's ids cannot be shifted (BPE, WordPiece "
                          "and WordLevel can)")
     spec["model"]["vocab"] = {PAD: 0, **{t: i + 1 for t, i in vocab.items()}}   # in the vocab, or it gets a new id
     spec["added_tokens"] = [{**a, "id": a["id"] + 1} for a in spec.get("added_tokens", [])] + [
@@ -217,7 +218,7 @@ def export(step_dir, fmt: str, out, tokenizer_dir=None) -> Path:
     from .model_folder import read_model
 
     if fmt not in FORMATS:
-        raise ValueError(f"--format: must be one of {', '.join(FORMATS)} (got {fmt!r})")
+        raise InputError(f"--format: must be one of {', '.join(FORMATS)} (got {fmt!r})")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not empty; name a new --out folder")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from . import faults
 from .arch import ArchConfig
 from .distributed import barrier, rank_world
 from .fileio import atomic_path, atomic_write_text
@@ -53,9 +52,11 @@ def write_arch(folder: Path, arch: ArchConfig, extra: dict | None = None) -> Non
                       json.dumps({**arch.to_dict(), "params": param_count(arch), **(extra or {})}, indent=1))
 
 
-def write_model(folder: Path, state_dict: dict, arch: ArchConfig, extra: dict | None = None) -> None:
+def write_model(folder: Path, state_dict: dict, arch: ArchConfig, extra: dict | None = None,
+                before_publish=None) -> None:
     """Weights then architecture, each atomically (the weights fsynced before their rename). A state
-    holding NaN/inf is refused: a diverged model is never written."""
+    holding NaN/inf is refused: a diverged model is never written. ``before_publish()`` runs between the
+    weights' write and their rename (the application's fault injection point)."""
     folder = Path(folder)
     bad = nonfinite_tensors(state_dict)
     if bad:
@@ -64,7 +65,8 @@ def write_model(folder: Path, state_dict: dict, arch: ArchConfig, extra: dict | 
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / MODEL) as tmp:
         save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp))
-        faults.hit("consolidate")
+        if before_publish:
+            before_publish()
     write_arch(folder, arch, extra)
 
 

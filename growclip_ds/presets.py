@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import ArchConfig, ConfigError, DataConfig, GrowthConfig, RunConfig, TrainConfig
+from .config import SECTIONS, ArchConfig, ConfigError, DataConfig, GrowthConfig, RunConfig, TrainConfig
 
 _TINY_ARCH = ArchConfig(img_conv_layers=1, img_blocks=2, img_heads=2, txt_blocks=2, txt_heads=2,
                         shared_blocks=0, head_dim=16, image_size=32, patch_size=8, context_length=16,
@@ -88,7 +88,7 @@ def load_config(source: str, overrides: list[str] | None = None) -> RunConfig:
             raise ConfigError(f"override {ov!r}: expected section.field=value, e.g. train.lr=0.001")
         key, value = ov.split("=", 1)
         sec, fname = key.split(".", 1)
-        if sec not in ("arch", "train", "data", "growth", "method"):
-            raise ConfigError(f"{key}: unknown config section {sec!r}; known: arch, train, data, growth, method")
+        if sec not in SECTIONS:
+            raise ConfigError(f"{key}: unknown config section {sec!r}; known: {', '.join(SECTIONS)}")
         d[sec] = {**d.get(sec, {}), fname: value}
     return RunConfig.from_dict(d).validate()

@@ -12,7 +12,9 @@ A is the selection accuracy (eval/evaluate.py ``selection_accuracy``: mean zero-
 selection split's classification sets, or mean R@1 over its retrieval sets when it has none). An image embedding depends only on
 (conv layers, image blocks, image heads, shared blocks) and a text embedding only on (text blocks,
 text heads, shared blocks, image heads: the shared width is the image width), so 16 image and 16
-text encoder passes score all 64 candidates. The 32 passes are spread over all ranks; each finished variant is saved under the ``gas`` phase folder
+text encoder passes score all 64 candidates. A growth delta of 0 makes indices the same net (the demo's
+``delta_conv_layers=0``: 0 and 4, 8 and 12, ...): each distinct net and encoder variant is scored once,
+and the 64-row table keeps the paper's indices, a duplicate's row marked ``same_as`` its lowest index. The 32 passes are spread over all ranks; each finished variant is saved under the ``gas`` phase folder
 and each score appended to the step's score file (``rundir``) as soon as it is known, so a restarted
 GAS redoes neither.
 """
@@ -27,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from growclip_ds import faults
+from growclip_train import faults
 from growclip_ds.config import ArchConfig, GrowthConfig
 from growclip_ds.distributed import barrier, rank_world
 from growclip_ds.fileio import atomic_path, atomic_write_text
@@ -114,14 +116,22 @@ def _score_all(prev, growth, sets, folder: Path, jsonl: Path, prev_params, n_pre
             loaded[f] = load_file(str(f))
         return loaded[f]
 
+    cands = space.candidates(prev, growth)
+    first: dict[ArchConfig, dict] = {}   # each distinct net -> the row of its lowest index
+    for r in sorted(rows, key=lambda r: r["index"]):
+        first.setdefault(cands[r["index"]], r)
     with open(jsonl, "a") as out:
-        for i, c in enumerate(space.candidates(prev, growth)):
+        for i, c in enumerate(cands):
             if i in done:
                 continue
-            acc = accuracy(load("img", space.image_variant(c)), load("txt", space.text_variant(c)), sets)
-            term = size_term(c, prev, prev_params, n_prev, n_now, growth)
-            row = {"index": i, "arch": c.to_dict(), "params": param_count(c), "accuracy": acc,
-                   "score": acc + term, "size_term": term, "rule": growth.select}
+            if c in first:   # a growth delta of 0 makes it the same net as a lower index: scored once
+                row = {**first[c], "index": i, "same_as": first[c]["index"]}
+            else:
+                acc = accuracy(load("img", space.image_variant(c)), load("txt", space.text_variant(c)), sets)
+                term = size_term(c, prev, prev_params, n_prev, n_now, growth)
+                row = {"index": i, "arch": c.to_dict(), "params": param_count(c), "accuracy": acc,
+                       "score": acc + term, "size_term": term, "rule": growth.select}
+                first[c] = row
             out.write(json.dumps(row) + "\n")
             out.flush()  # in the file as soon as known; a line a crash cuts is rescored from the variants
         os.fsync(out.fileno())

@@ -12,7 +12,8 @@ from growclip_ds import model_folder
 from growclip_ds.config import ArchConfig, RunConfig
 from growclip_ds.data.manifest import Manifest
 from growclip_ds.data.tokenizer import load_tokenizer
-from growclip_ds.distributed import accelerator_device, rank_world
+from growclip_ds.distributed import rank_world
+from growclip_train.accelerator import accelerator_device
 from growclip_ds.factory import build
 from growclip_ds.growth import space
 from growclip_ds.growth.kept import describe as describe_kept, measure_kept

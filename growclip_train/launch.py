@@ -19,6 +19,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
+
+from growclip_train import exit_codes
 
 
 def parse_args(argv=None):
@@ -40,9 +43,10 @@ def parse_args(argv=None):
                    help="comma list of components to turn off (PIM@1, supernet training, GAS, PIM@3: their names are "
                         "growclip_train.step_phases.ABLATIONS), as the paper's Table 5")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    p.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
-                   help="checkpoint and exit after N optimizer steps of the current phase (a planned stop; "
-                        "re-run without it to resume)")
+    p.add_argument("--stop-after-iterations", "--stop-after-steps", dest="stop_after_iterations", type=int,
+                   default=None, metavar="N",
+                   help="checkpoint and exit after N iterations (optimizer steps) of the current phase (a planned "
+                        "stop; re-run without it to resume). --stop-after-steps: its name before 2026-12-07")
     p.add_argument("--allow-config-change", action="store_true",
                    help="resume a step under a config that differs from the one it started with (refused by "
                         "default, naming the fields; the change is recorded in step<t>/config_changes.jsonl)")
@@ -50,7 +54,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-DATA_EXIT = 5           # a rank's data stream yields nothing decodable (DataStall)
+DATA_EXIT = exit_codes.DATA   # a rank's data stream yields nothing decodable (DataStall)
 EXEC_GEN = "GROWCLIP_EXEC_GEN"  # how many phases this rank process has already run (re-executions)
 
 
@@ -60,31 +64,40 @@ def init_distributed() -> None:
     After a re-execution (next phase) the rendezvous store may be the launcher's (torchrun keeps
     one store for the whole job), so its keys are namespaced by the generation: stale keys of the
     previous phase's group would otherwise be taken for this one's and the rendezvous would hang."""
-    import torch
     import torch.distributed as dist
 
-    from growclip_ds.distributed import accelerator_env
+    from growclip_train.accelerator import accelerator_env, backend
 
     accelerator_env(os.environ)
+    pg_backend = backend()
     for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
                  ("MASTER_PORT", "29533")):
         os.environ.setdefault(k, v)
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
     gen = int(os.environ.get(EXEC_GEN, "0"))
     if gen > 0:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world))
-        dist.init_process_group(backend, store=dist.PrefixStore(f"/growclip/gen{gen}", store), rank=rank,
+        dist.init_process_group(pg_backend, store=dist.PrefixStore(f"/growclip/gen{gen}", store), rank=rank,
                                 world_size=world)
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend=backend)
+    deepspeed.init_distributed(dist_backend=pg_backend)
 
 
-def check(args, lock):
-    """(config with the run's tokenizer, run folder, ablations, phases to run, (data fingerprint, key id)): every
-    input checked before any process group starts, the run folder locked (rank 0, ``lock``) before
-    anything is written there; raises ConfigError / FileNotFoundError / ValueError naming what to fix."""
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What a launch will do, every input checked: ``check``'s answer."""
+    cfg: object            # RunConfig, with the run's own tokenizer
+    run: object            # RunDir
+    ablate: set
+    todo: list             # the phases of the growth step still to run, in order
+    data: dict             # the data fingerprint the ranks compare
+    key_id: str            # the checkpoint key's id
+
+
+def check(args, lock) -> LaunchPlan:
+    """Every input checked before any process group starts, the run folder locked (rank 0, ``lock``) before
+    anything is written there; raises ConfigError / InputError / FileNotFoundError naming what to fix."""
     from growclip_ds.config import ConfigError
     from growclip_ds.data.manifest import Manifest
     from growclip_ds.eval.sets import list_sets
@@ -93,14 +106,14 @@ def check(args, lock):
     from growclip_train import methods, provenance
     from growclip_train.phases import pending_phases, phases_for
     from growclip_train.step_phases import ABLATIONS
-    from growclip_train.rundir import RunDir, pin_tokenizer
+    from growclip_train.rundir import RunDir, default_run_dir, pin_tokenizer
 
     cfg = load_config(args.config, args.set)
     cfg.train.grad_accum(int(os.environ.get("WORLD_SIZE", "1")))  # batch sizes must fit the world size
     num_steps = Manifest.load(cfg.data.root).num_steps
     list_sets(cfg.data.root, cfg.data.eval)   # evaluation sets findable now, not after training
-    if args.stop_after_steps is not None and args.stop_after_steps < 0:
-        raise ConfigError(f"--stop-after-steps: must be >= 0 (got {args.stop_after_steps})")
+    if args.stop_after_iterations is not None and args.stop_after_iterations < 0:
+        raise ConfigError(f"--stop-after-iterations: must be >= 0 (got {args.stop_after_iterations})")
     if args.step < 1 or args.step > num_steps:
         raise ConfigError(f"--step: must be in 1..{num_steps}, the steps of {cfg.data.root}/manifest.parquet "
                           f"(got {args.step})")
@@ -114,7 +127,7 @@ def check(args, lock):
     phases = phases_for(args.step, ablate, args.method, args.candidate)
     if args.phase and args.phase not in phases:
         raise ConfigError(f"--phase: step {args.step} has phases {phases} (got {args.phase!r})")
-    run = RunDir(args.run_dir or f"runs/{cfg.name}")
+    run = RunDir(default_run_dir(cfg, args.run_dir))
     writer = os.environ.get("RANK", "0") == "0"
     if writer:
         lock.acquire(run.path)
@@ -131,7 +144,7 @@ def check(args, lock):
                           f"its results. To redo it, move {run.step(args.step).phase(args.phase).path} aside first")
     todo = [args.phase] if args.phase else todo
     data = provenance.check_resume(cfg, run.step(args.step), args.step, args.allow_config_change, writer) if todo else {}
-    return cfg, run, ablate, todo, (data, kid)
+    return LaunchPlan(cfg, run, ablate, todo, data, kid)
 
 
 def check_key(run, step: int) -> str:
@@ -147,7 +160,7 @@ def leave_group() -> None:
     can abort them at teardown), its shared-memory buffer gone before any rank re-creates it."""
     import torch.distributed as dist
 
-    from growclip_ds.distributed import release_shm_buffer
+    from growclip_train.accelerator import release_shm_buffer
 
     dist.barrier()
     release_shm_buffer()
@@ -195,17 +208,18 @@ def main(argv=None) -> int:
 
 def _main(args, lock) -> int:
     from growclip_ds.config import ConfigError
+    from growclip_ds.errors import USER_ERRORS
     from growclip_train.runlock import RunLocked
     from growclip_train.train.signing import CheckpointKeyError
 
     try:
-        cfg, run, ablate, todo, (data, kid) = check(args, lock)
+        plan = check(args, lock)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError, RunLocked, CheckpointKeyError) as e:
+        return exit_codes.USAGE
+    except (*USER_ERRORS, RunLocked, CheckpointKeyError) as e:   # a bug's ValueError keeps its traceback
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_codes.USAGE
     from growclip_ds.data.loader import DataStall
     from growclip_train import provenance
     from growclip_train.phases import run_phase_of_step
@@ -213,27 +227,27 @@ def _main(args, lock) -> int:
     from growclip_train.train.checkpoint import CheckpointError
     from growclip_train.train.nonfinite import NONFINITE_EXIT, NonFiniteError
 
-    if not todo:
-        print(f"[growclip_ds] {run.step(args.step).path} is complete; nothing to do")
-        return 0
-    stale = preempt.stale_stop(run.path)
+    if not plan.todo:
+        print(f"[growclip_ds] {plan.run.step(args.step).path} is complete; nothing to do")
+        return exit_codes.OK
+    stale = preempt.stale_stop(plan.run.path)
     if stale and os.environ.get("RANK", "0") == "0":
         print(f"[growclip_ds] ignoring {stale}: it is older than this launch (left by a stopped job); "
               "remove it", file=sys.stderr, flush=True)
     preempt.install()  # SIGTERM / SIGUSR1: checkpoint after the current step, exit PREEMPTED_EXIT
     init_distributed()
     try:
-        provenance.check_ranks_agree(provenance.agreement(cfg, data, kid))   # after init: faults see the rank
-        res = run_phase_of_step(cfg, args.step, run.path, todo[0], ablate, progress=not args.no_progress,
-                                stop_after=args.stop_after_steps, method=args.method, candidate=args.candidate)
+        provenance.check_ranks_agree(provenance.agreement(plan.cfg, plan.data, plan.key_id))   # after init: faults see the rank
+        res = run_phase_of_step(plan.cfg, args.step, plan.run.path, plan.todo[0], plan.ablate, progress=not args.no_progress,
+                                stop_after=args.stop_after_iterations, method=args.method, candidate=args.candidate)
     except ConfigError as e:      # raised on every rank (the ranks compared their views)
         print(f"config error: {e}", file=sys.stderr, flush=True)
         leave_group()
-        return 2
+        return exit_codes.USAGE
     except CheckpointError as e:  # raised on every rank (the ranks agreed: a refused resume, a failed save)
         print(f"[growclip_ds] rank {os.environ.get('RANK', '0')}: error: {e}", file=sys.stderr, flush=True)
         leave_group()
-        return 2
+        return exit_codes.USAGE
     except NonFiniteError as e:   # raised on every rank at the same step (the ranks agreed)
         if os.environ.get("RANK", "0") == "0":
             print(f"[growclip_ds] diverged: {e}", file=sys.stderr, flush=True)
@@ -246,8 +260,8 @@ def _main(args, lock) -> int:
     if res.preempted:
         print(f"[growclip_ds] preempted: checkpointed {res.ckpt_dir}; rerun the same command to resume", flush=True)
         return preempt.PREEMPTED_EXIT
-    if args.phase or res.stopped or len(todo) == 1:
-        return 0
+    if args.phase or res.stopped or len(plan.todo) == 1:
+        return exit_codes.OK
     next_phase()
 
 

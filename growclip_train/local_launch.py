@@ -46,7 +46,7 @@ def local_command(target: list[str], ranks: int, port: int | None = None, launch
 def local_env(base: dict | None = None, **extra: str) -> dict:
     """The environment of local ranks: the accelerator (CPU where there is no GPU), this Python's bin first
     on PATH (DeepSpeed's JIT ops are built by the first ``ninja`` there), the package importable."""
-    from growclip_ds.distributed import accelerator_env
+    from growclip_train.accelerator import accelerator_env
 
     env = accelerator_env(dict(os.environ if base is None else base))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

@@ -41,7 +41,7 @@ from growclip_ds import model_folder
 from growclip_ds.config import ConfigError, RunConfig
 from growclip_ds.data.manifest import Manifest
 from growclip_ds.data.mixture import replay_mixture
-from growclip_ds.distributed import accelerator_device, rank_world
+from growclip_ds.distributed import rank_world
 from growclip_ds.growth.pim import pim
 from growclip_ds.model.init import name_seed
 from growclip_train.rundir import RunDir
@@ -154,19 +154,15 @@ def patch_step(cfg: RunConfig, step: int, run: RunDir, progress: bool = True) ->
     """Patching's step output: the interpolation of the previous patched model and this step's
     trained one whose alpha scores best on the selection retrieval sets of the old steps (< t,
     ``method.patch_select="old"``) or of all seen steps (<= t, "seen"). Returns (state, record)."""
-    from growclip_ds.data.tokenizer import load_tokenizer
-    from growclip_ds.eval.evaluate import EvalSets, evaluate
-    from growclip_ds.factory import build
+    from growclip_train.step_eval import evaluator
 
     old, arch = model_folder.read_model(run.step(step - 1).path)
     new, _ = model_folder.read_model(run.step(step).phase("train").path)
-    sets = EvalSets(cfg.data, arch.image_size, role="selection", kinds=("retrieval",))
-    tok = load_tokenizer(cfg, arch)
+    score = evaluator(cfg, arch, role="selection", kinds=("retrieval",))
     last = step - 1 if cfg.method.patch_select == "old" else step
     scores = {}
     for alpha in cfg.method.alphas():
-        model = build(interpolate(old, new, alpha), arch, accelerator_device())
-        by_step = evaluate(model, sets, tok)["retrieval_by_step"]
+        by_step = score(interpolate(old, new, alpha))["retrieval_by_step"]
         scores[alpha] = sum(by_step[str(j)]["mean_R@1"] for j in range(1, last + 1)) / last
         if progress and rank_world()[0] == 0:
             print(f"[growclip_ds] patching step {step}: alpha={alpha} mean R@1 on steps 1..{last} = "

@@ -29,17 +29,24 @@ from growclip_ds import model_folder
 from growclip_ds.config import ArchConfig, RunConfig
 from growclip_ds.data.manifest import Manifest
 from growclip_ds.data.tokenizer import load_tokenizer
-from growclip_ds.distributed import accelerator_device, any_ranks, barrier, rank_world
+from growclip_ds.distributed import any_ranks, barrier, rank_world
+from growclip_ds.errors import InputError
 from growclip_ds.factory import build
 from growclip_ds.growth import space
 from growclip_ds.model.init import name_seed
-from growclip_train import methods
+from growclip_train import faults, methods
+from growclip_train.accelerator import accelerator_device
 from growclip_train.gas import run_gas
 from growclip_train.growth_step import GrowthStep
 from growclip_train.rundir import PIM3, RunDir, StepDir
 from growclip_train.step_phases import growth_phases
 from growclip_train.train import budget, checkpoint
 from growclip_train.train.trainer import Phase, PhaseResult, run_phase
+
+
+def _consolidate_fault() -> None:
+    """Fault injection between a consolidated model's write and its rename (``GROWCLIP_FAULT=consolidate@R``)."""
+    faults.hit("consolidate")
 
 
 def phases_for(step: int, ablate: set, method: str = "growclip", candidate: int | None = None) -> list[str]:
@@ -115,7 +122,7 @@ def run_phase_of_step(cfg: RunConfig, step: int, run_dir, phase: str, ablate: se
                       candidate: int | None = None) -> PhaseResult:
     """Run one phase of one step of a method to its end (or to ``stop_after`` optimizer steps)."""
     if phase not in phases_for(step, ablate, method, candidate):
-        raise ValueError(f"--phase: unknown phase {phase!r}; step {step} of {method} has "
+        raise InputError(f"--phase: unknown phase {phase!r}; step {step} of {method} has "
                          f"{phases_for(step, ablate, method, candidate)}")
     ctx = PhaseContext(cfg, RunDir(run_dir), step, methods.get(method), set(ablate), candidate, progress, stop_after,
                   time.time())
@@ -135,7 +142,8 @@ def _train(ctx: PhaseContext) -> PhaseResult:
         return res
     patch_next = recipe.patch and t > 1
     if patch_next and rank_world()[0] == 0:   # the trained model is the patch phase's input
-        model_folder.write_model(ctx.step.phase("train").path, checkpoint.consolidated_state_dict(res.ckpt_dir), ph.arch)
+        model_folder.write_model(ctx.step.phase("train").path, checkpoint.consolidated_state_dict(res.ckpt_dir), ph.arch,
+                                 before_publish=_consolidate_fault)
     ctx.mark_done("train", res)
     if not patch_next:
         finish_step(ctx.cfg, ctx.step, res.ckpt_dir, ph.arch, {"chosen_by": recipe.name} if t > 1 else None)
@@ -148,7 +156,7 @@ def _supernet_phase(ctx: PhaseContext, gs: GrowthStep, name: str, init: dict | N
     if not res.stopped:
         if rank_world()[0] == 0:
             model_folder.write_model(ctx.step.phase(name).path, checkpoint.consolidated_state_dict(res.ckpt_dir),
-                                   gs.super_arch)
+                                     gs.super_arch, before_publish=_consolidate_fault)
         ctx.mark_done(name, res)
     return res
 
@@ -221,13 +229,14 @@ def finish_step(cfg: RunConfig, step: StepDir, ckpt_dir, arch: ArchConfig, extra
                 state: dict | None = None) -> dict:
     """Consolidate the phase's last checkpoint (or write ``state``) as the step's model and
     evaluate it on all ranks: the step is finished."""
-    from growclip_ds.eval.evaluate import EvalSets, evaluate
+    from growclip_train.step_eval import evaluator
 
     refused = ""
     if rank_world()[0] == 0:
         sd = state if state is not None else checkpoint.consolidated_state_dict(ckpt_dir)
         try:
-            model_folder.write_model(step.path, sd, arch, extra)   # refuses a state holding NaN/inf
+            model_folder.write_model(step.path, sd, arch, extra,   # refuses a state holding NaN/inf
+                                     before_publish=_consolidate_fault)
         except model_folder.NonFiniteError as e:
             refused = str(e)
     if any_ranks(bool(refused))[0]:
@@ -235,6 +244,6 @@ def finish_step(cfg: RunConfig, step: StepDir, ckpt_dir, arch: ArchConfig, extra
         raise model_folder.NonFiniteError(f"{why}; step not finished")
     barrier()
     sd, arch = model_folder.read_model(step.path)
-    result = evaluate(build(sd, arch, accelerator_device()), EvalSets(cfg.data, arch.image_size), load_tokenizer(cfg, arch))
+    result = evaluator(cfg, arch)(sd)
     step.write_eval(result)
     return result

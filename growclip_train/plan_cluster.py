@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from growclip_ds.config import ArchConfig, RunConfig
+from growclip_ds.errors import InputError
 from growclip_ds.growth import space
 from growclip_ds.model import GrowCLIP, param_count
 from growclip_train.step_phases import step_costs
@@ -72,7 +73,7 @@ class Cluster:
     def peak(self, precision: str) -> float:
         p = GPUS[self.kind][0].get(precision)
         if not p:
-            raise ValueError(f"train.precision={precision}: {self.kind} has no {precision} tensor cores; "
+            raise InputError(f"train.precision={precision}: {self.kind} has no {precision} tensor cores; "
                              f"choose one of {[k for k, v in GPUS[self.kind][0].items() if v]}")
         return p
 
@@ -80,7 +81,7 @@ class Cluster:
 def parse_cluster(text: str) -> Cluster:
     m = re.fullmatch(r"(\d+)x(\d+)x([A-Za-z0-9]+)", text.strip())
     if not m or m.group(3).upper() not in GPUS or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-        raise ValueError(f"--cluster: expected NODESxGPUSxKIND with KIND one of {', '.join(GPUS)}, e.g. 2x8xH100 "
+        raise InputError(f"--cluster: expected NODESxGPUSxKIND with KIND one of {', '.join(GPUS)}, e.g. 2x8xH100 "
                          f"(got {text!r})")
     return Cluster(int(m.group(1)), int(m.group(2)), m.group(3).upper())
 

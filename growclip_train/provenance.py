@@ -124,7 +124,7 @@ def check_resume(cfg, step_dir, t: int, allow_change: bool, writer: bool, log=pr
 
 def agreement(cfg, data: dict, key_id: str) -> dict:
     """What every rank must agree on: config, data fingerprint (``check_resume``'s), checkpoint key id."""
-    from growclip_ds import faults
+    from growclip_train import faults
 
     conf = cfg.to_dict()
     if faults.skew("stale"):      # fault injection: this rank read a stale config

@@ -107,13 +107,21 @@ def tic_table(run_dir: Path) -> list[str]:
 
 
 def gas_table(step: StepDir, top: int = 10) -> list[str]:
-    rows = sorted(read_scores(step.gas_scores), key=lambda r: -r["score"])
+    """The best distinct nets of a step's GAS; indices that are the same net (a growth delta of 0) share a row."""
+    rows = read_scores(step.gas_scores)
+    same: dict[int, list[int]] = {}
+    for r in rows:
+        same.setdefault(r.get("same_as", r["index"]), []).append(r["index"])
+    nets = sorted((r for r in rows if "same_as" not in r), key=lambda r: -r["score"])
     chosen = step.read_choice().get("index")
-    out = [f"## GAS at step {step.t}: the {top} best of {len(rows)} candidates (score = accuracy + size term, or - compute penalty)", "",
-           "| index | arch | params | accuracy | size term | score |", "|---|---|---|---|---|---|"]
-    for r in rows[:top]:
-        mark = " (chosen)" if r["index"] == chosen else ""
-        out.append(f"| {r['index']}{mark} | {_arch_str(r['arch'])} | {r['params']:,} | {r['accuracy']:.3f} | "
+    out = [f"## GAS at step {step.t}: the {top} best of {len(nets)} distinct nets among {len(rows)} candidates "
+           "(score = accuracy + size term, or - compute penalty)", "",
+           "| index (same net) | arch | params | accuracy | size term | score |", "|---|---|---|---|---|---|"]
+    for r in nets[:top]:
+        idx = same[r["index"]]
+        mark = " (chosen)" if chosen in idx else ""
+        alias = f" ({', '.join(map(str, idx[1:]))})" if len(idx) > 1 else ""
+        out.append(f"| {r['index']}{alias}{mark} | {_arch_str(r['arch'])} | {r['params']:,} | {r['accuracy']:.3f} | "
                    f"{r.get('size_term', r['score'] - r['accuracy']):.3f} | {r['score']:.3f} |")
     return out
 

@@ -131,6 +131,11 @@ class StepDir:
         return {w: r for w, r in recs.items() if "kept" in r}
 
 
+def default_run_dir(cfg, run_dir=None) -> Path:
+    """``run_dir`` if given, else ``runs/<config name>``: the folder a launch, the demo and SLURM use."""
+    return Path(run_dir or f"runs/{cfg.name}")
+
+
 class RunDir:
     """``<run>``: a method's run over growth steps 1..T."""
 

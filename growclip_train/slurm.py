@@ -13,6 +13,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from growclip_ds.errors import InputError
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "launchers" / "slurm"
 
 
@@ -25,14 +27,14 @@ def _split_top(text: str) -> list[str]:
         elif ch == "]":
             depth -= 1
             if depth < 0:
-                raise ValueError(f"nodelist {text!r}: unbalanced ']'")
+                raise InputError(f"nodelist {text!r}: unbalanced ']'")
         if ch == "," and depth == 0:
             parts.append(cur)
             cur = ""
         else:
             cur += ch
     if depth:
-        raise ValueError(f"nodelist {text!r}: unbalanced '['")
+        raise InputError(f"nodelist {text!r}: unbalanced '['")
     return parts + [cur]
 
 
@@ -41,10 +43,10 @@ def _range(spec: str, whole: str) -> list[str]:
     for item in spec.split(","):
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
         if not m:
-            raise ValueError(f"nodelist {whole!r}: bad range {item!r}")
+            raise InputError(f"nodelist {whole!r}: bad range {item!r}")
         lo, hi = m.group(1), m.group(2) or m.group(1)
         if int(hi) < int(lo):
-            raise ValueError(f"nodelist {whole!r}: range {item!r} runs backwards")
+            raise InputError(f"nodelist {whole!r}: range {item!r} runs backwards")
         out += [str(i).zfill(len(lo)) for i in range(int(lo), int(hi) + 1)]  # keeps zero padding
     return out
 
@@ -66,7 +68,7 @@ def expand_nodelist(text: str) -> list[str]:
 
 def hostfile_text(hosts: list[str], slots: int) -> str:
     if slots < 1:
-        raise ValueError(f"slots per node must be >= 1 (got {slots})")
+        raise InputError(f"slots per node must be >= 1 (got {slots})")
     return "".join(f"{h} slots={slots}\n" for h in hosts)
 
 
@@ -79,12 +81,12 @@ def parse_hostfile(text: str, source: str = "hostfile") -> dict[str, int]:
             continue
         m = re.fullmatch(r"(\S+)\s+slots=(\d+)", line)
         if not m or int(m.group(2)) < 1:
-            raise ValueError(f"{source}:{n}: expected '<host> slots=<n>' with n >= 1, got {line!r}")
+            raise InputError(f"{source}:{n}: expected '<host> slots=<n>' with n >= 1, got {line!r}")
         if m.group(1) in hosts:
-            raise ValueError(f"{source}:{n}: host {m.group(1)!r} listed twice")
+            raise InputError(f"{source}:{n}: host {m.group(1)!r} listed twice")
         hosts[m.group(1)] = int(m.group(2))
     if not hosts:
-        raise ValueError(f"{source}: no hosts")
+        raise InputError(f"{source}: no hosts")
     return hosts
 
 
@@ -113,12 +115,13 @@ def run_env(grow_args: list[str]) -> dict[str, str]:
     from growclip_ds.data.manifest import MANIFEST, Manifest
     from growclip_ds.presets import load_config
     from growclip_train.launch import parse_args
+    from growclip_train.rundir import default_run_dir
 
     args = parse_args([*grow_args, "--step", "1"])   # the folder does not depend on the step
     cfg = load_config(args.config, args.set)
     root = Path(cfg.data.root)
     steps = Manifest.load(root).num_steps if (root / MANIFEST).exists() else cfg.data.num_steps
-    return {"GROWCLIP_RUN_DIR": str(Path(args.run_dir or f"runs/{cfg.name}")), "GROWCLIP_NUM_STEPS": str(steps)}
+    return {"GROWCLIP_RUN_DIR": str(default_run_dir(cfg, args.run_dir)), "GROWCLIP_NUM_STEPS": str(steps)}
 
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:

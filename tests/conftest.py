@@ -147,7 +147,7 @@ def copy_run(src: Path, dst: Path, parts: list[str]) -> Path:
 
 
 def _shm_buffers() -> set[Path]:
-    from growclip_ds.distributed import SHM_PREFIX
+    from growclip_train.accelerator import SHM_PREFIX
 
     return set(Path("/dev/shm").glob(f"{SHM_PREFIX}_{os.getuid()}_*"))
 
@@ -162,7 +162,7 @@ def pytest_sessionstart(session):
 
 def pytest_sessionfinish(session):
     """Ranks that tests kill on purpose cannot unlink DeepSpeed's /dev/shm buffers (see
-    growclip_ds.distributed.release_shm_buffer); remove what this test run's ranks left. Done by the main
+    growclip_train.accelerator.release_shm_buffer); remove what this test run's ranks left. Done by the main
     process after every xdist worker has finished (a worker's ranks may still use theirs until then)."""
     if not XDIST_WORKER:
         for f in _shm_buffers() - session.config.stash.get(_SHM_BEFORE, set()):

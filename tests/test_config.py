@@ -100,13 +100,17 @@ def test_paper_preset_takes_a_clip_sized_tokenizer(tmp_path):
                        load_config("paper", ["arch.vocab_size=49408"]).arch)
 
 
-def test_cpu_accelerator_only_without_cuda(monkeypatch):
-    import torch
+def test_one_accelerator_and_backend_decision():
+    """What DeepSpeed will use decides both: DS_ACCELERATOR where set, else CUDA where visible. A GPU host
+    under DS_ACCELERATOR=cpu (the tests' and local launches' setting) uses gloo and the CPU, not NCCL."""
+    from growclip_train.accelerator import accelerator_env, accelerator_name, backend
 
-    from growclip_ds.distributed import accelerator_env
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert "DS_ACCELERATOR" not in accelerator_env({})                 # a GPU machine: DeepSpeed decides
-    assert accelerator_env({"DS_ACCELERATOR": "cpu"})["DS_ACCELERATOR"] == "cpu"   # explicit wins
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert accelerator_env({})["DS_ACCELERATOR"] == "cpu"
+    assert (accelerator_name({}, cuda=True), backend({}, cuda=True)) == ("cuda", "nccl")
+    assert (accelerator_name({"DS_ACCELERATOR": "cpu"}, cuda=True), backend({"DS_ACCELERATOR": "cpu"}, cuda=True)) \
+        == ("cpu", "gloo")
+    assert (accelerator_name({}, cuda=False), backend({}, cuda=False)) == ("cpu", "gloo")
+    assert "DS_ACCELERATOR" not in accelerator_env({}, cuda=True)                   # a GPU machine: DeepSpeed decides
+    assert accelerator_env({"DS_ACCELERATOR": "cpu"}, cuda=True)["DS_ACCELERATOR"] == "cpu"   # explicit wins
+    assert accelerator_env({}, cuda=False)["DS_ACCELERATOR"] == "cpu"
+    with pytest.raises(ValueError, match="DS_ACCELERATOR=xpu"):
+        backend({"DS_ACCELERATOR": "xpu"})

@@ -101,3 +101,33 @@ def test_gas_encodes_imagenet_sized_prompt_sets_in_bounded_batches(setup):
         for i in (0, 999):
             e = torch.nn.functional.normalize(encode(tok([t.replace("{c}", dset.classes[i]) for t in dset.templates])).mean(0), dim=-1)
             torch.testing.assert_close(cls[i], e, rtol=0, atol=1e-5)
+
+
+def test_zero_deltas_score_each_distinct_net_once(setup, tmp_path, monkeypatch):
+    """With two growth deltas at 0 the 64 indices hold 16 distinct nets: each is scored once, its
+    duplicates carry its row marked ``same_as`` (the lowest index), encoder variants shrink from 16 + 16 to 8 + 8,
+    and the accuracies still equal one full pass per candidate."""
+    import growclip_train.gas as gas
+    from growclip_train.report import gas_table
+
+    model, sets, tok = setup
+    growth = replace(CFG.growth, delta_conv_layers=0, delta_txt_heads=0)
+    calls, score = [], gas.accuracy
+    monkeypatch.setattr(gas, "accuracy", lambda *a: calls.append(1) or score(*a))
+    step = StepDir(tmp_path, 2)
+    step.path.mkdir(parents=True, exist_ok=True)
+    gas.run_gas(model, PREV, growth, sets, tok, step, param_count(PREV), n_prev=1, n_now=2, progress=False)
+    rows = sorted(read_scores(step.gas_scores), key=lambda r: r["index"])
+    cands = space.candidates(PREV, growth)
+    distinct = {c: i for i, c in reversed(list(enumerate(cands)))}   # net -> lowest index
+    assert len(distinct) == 16 and len(calls) == 16
+    assert len(list((tmp_path / "gas").glob("*.safetensors"))) == len(space.variants(PREV, growth)) == 8 + 8
+    for i, r in enumerate(rows):
+        lowest = distinct[cands[i]]
+        assert r.get("same_as", i) == lowest and r["score"] == rows[lowest]["score"]
+    ref = score_each_candidate(model, PREV, growth, sets, tok)
+    assert [r["accuracy"] for r in rows] == pytest.approx(ref, abs=1e-9)
+    step.choice_file.write_text(json.dumps({"index": 0}))
+    table = gas_table(step, top=64)
+    assert "16 distinct nets among 64 candidates" in table[0] and sum(t.startswith("| ") for t in table[3:]) == 16
+    assert any(t.startswith("| 0 (4, 16, 20) (chosen) |") for t in table)    # conv (bit 2) and text heads (bit 4) grow by 0

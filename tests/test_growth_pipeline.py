@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from growclip_ds.distributed import accelerator_device
+from growclip_train.accelerator import accelerator_device
 from growclip_ds.growth import space
 from growclip_ds.growth.pim import pim
 from growclip_ds.model.init import name_seed
@@ -100,7 +100,7 @@ def test_gas_choice_is_the_argmax_of_gas_jsonl(run):
 def test_sampled_phase_under_zero2_and_skipped_layer_update(run, tiny_data, tmp_path):
     # a second run folder that shares step 1 and the step-2 supernet, then trains 1 sampled step at ZeRO-2
     other = copy_run(run, tmp_path / "run", ["step1", "step2/supernet"])
-    launch(["--step", "2", "--phase", "sample", "--stop-after-steps", "1", "--set", "train.zero_stage=2"]
+    launch(["--step", "2", "--phase", "sample", "--stop-after-iterations", "1", "--set", "train.zero_stage=2"]
            + _common(tiny_data, other))
     before = load_file(other / "step2" / "supernet" / "model.safetensors")
     after = consolidated_state_dict(other / "step2" / "sample" / "checkpoints")
@@ -135,7 +135,7 @@ def test_diverging_rank_aborts_with_a_message(run, tiny_data, tmp_path):
 
 def test_step3_on_one_rank_starts_from_the_pim_output(run, tiny_data, tmp_path):
     run = copy_run(run, tmp_path / "run", ["step1", "step2"])
-    launch(["--step", "3", "--stop-after-steps", "0", "--set", "train.zero_stage=1"] + _common(tiny_data, run),
+    launch(["--step", "3", "--stop-after-iterations", "0", "--set", "train.zero_stage=1"] + _common(tiny_data, run),
            ranks=1)
     cfg = load_config("tiny")
     prev_sd, prev_arch = read_model(run / "step2")
@@ -176,7 +176,7 @@ def test_preserve_through_deepspeed_keeps_the_function(run, tiny_data, tmp_path)
     from growclip_ds.growth.preserve import preserve
 
     other = copy_run(run, tmp_path / "run", ["step1", "step2"])
-    launch(["--step", "3", "--stop-after-steps", "0", "--set", "train.zero_stage=3", "--set",
+    launch(["--step", "3", "--stop-after-iterations", "0", "--set", "train.zero_stage=3", "--set",
             "growth.inherit=preserve"] + _common(tiny_data, other), ranks=1)
     cfg = load_config("tiny")
     prev_sd, prev_arch = read_model(other / "step2")

@@ -73,3 +73,29 @@ def test_the_readme_module_map_names_every_module():
     missing = [str(f.relative_to(REPO)) for pkg in PACKAGES for f in (REPO / pkg).rglob("*.py")
                if f.name != "__init__.py" and not re.search(rf"\b{re.escape(f.name)}\b", block)]
     assert missing == []
+
+
+def test_importing_the_library_loads_no_deepspeed_and_changes_no_environment():
+    """Every growclip_ds module imported in a fresh interpreter: neither deepspeed nor the application is
+    loaded, and os.environ is what it was (torchvision, imported first, sets TORCHINDUCTOR_CACHE_DIR itself)."""
+    import subprocess
+    import sys
+
+    code = ("import os, pkgutil, importlib, sys, torchvision; env = dict(os.environ); import growclip_ds\n"
+            "for m in pkgutil.walk_packages(growclip_ds.__path__, 'growclip_ds.'): importlib.import_module(m.name)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('deepspeed', 'growclip_train')), env == dict(os.environ))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert out.split() == ["[]", "True"]
+
+
+def test_every_file_path_the_docs_name_exists():
+    """README.md and docs/*.md (not the dated reports under docs/results, which describe their day) name
+    only files and folders that exist, e.g. growclip_train/gas.py, not a module that moved."""
+    pattern = re.compile(r"(?<![\w./~-])((?:growclip_ds|growclip_train|benchmarks|scripts|launchers|tests|docs|ds_configs)"
+                         r"/[\w./-]*\w)")
+    missing = []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for path in set(pattern.findall(doc.read_text())):
+            if not (REPO / path).exists() and not re.search(r"[A-Z]{4}|<", path):   # NAME, DATE: placeholders
+                missing.append(f"{doc.name}: {path}")
+    assert missing == []

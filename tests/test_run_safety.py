@@ -72,7 +72,7 @@ def test_a_finished_phase_is_not_rerun_by_phase(data, tmp_path):
     step.eval_file.write_text("{}")
     with pytest.raises(ConfigError, match="--phase train: step 1's train phase is finished"):
         _check(_args(data, run, "--phase", "train"))
-    assert _check(_args(data, run))[3] == []       # without --phase: complete, nothing to do
+    assert _check(_args(data, run)).todo == []       # without --phase: complete, nothing to do
 
 
 def test_changed_data_or_tokenizer_refuse_the_resume_and_a_lost_tokenizer_is_not_recopied(data, tmp_path):
@@ -108,7 +108,9 @@ def test_validation_of_eps_epochs_and_stop_after(data, tmp_path):
         with pytest.raises(ConfigError, match="train.monitor: wandb needs the wandb package"):
             load_config("tiny", ["train.monitor=csv,wandb"])
     assert load_config("tiny", ["train.monitor=csv, tensorboard"]).train.monitors == ["csv", "tensorboard"]
-    with pytest.raises(ConfigError, match="--stop-after-steps: must be >= 0"):
+    with pytest.raises(ConfigError, match="--stop-after-iterations: must be >= 0"):
+        _check(_args(data, tmp_path / "run", "--stop-after-iterations", "-1"))
+    with pytest.raises(ConfigError, match="--stop-after-iterations: must be >= 0"):   # the old name still works
         _check(_args(data, tmp_path / "run", "--stop-after-steps", "-1"))
     assert not (tmp_path / "run" / "method.json").exists()   # refused before anything was written
 

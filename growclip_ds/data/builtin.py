@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..errors import InputError
 from ..eval import sets
 from ..fileio import atomic_write_text
 from . import scenes, scenes_v2
@@ -31,7 +32,7 @@ CORPUS_FILE = "corpus.json"
 
 def corpus_module(version: str):
     if version not in CORPORA:
-        raise ValueError(f"data.corpus: one of {', '.join(CORPORA)} (got {version!r})")
+        raise InputError(f"data.corpus: one of {', '.join(CORPORA)} (got {version!r})")
     return CORPORA[version]
 
 

@@ -24,6 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms import v2 as T
 
+from ..errors import InputError
 from ..model.init import name_seed
 from .mixture import in_buffer
 from .shards import tar_samples
@@ -111,7 +112,7 @@ class ShardStream(IterableDataset):
         p = self.plan
         mine = shards if p.resample else shards[p.rank * roles + role:: p.world * roles]
         if not mine:
-            raise ValueError(f"data.resample=false needs at least world_size x num_workers = "
+            raise InputError(f"data.resample=false needs at least world_size x num_workers = "
                              f"{p.world * roles} shards, the data has {len(shards)}; set data.resample=true")
         while True:
             order = [rng.choice(mine) for _ in mine] if p.resample else rng.sample(mine, len(mine))

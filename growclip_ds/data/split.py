@@ -23,7 +23,9 @@ import tarfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
+from ..errors import InputError
 from ..eval import sets as evalsets
 from ..fileio import atomic_path
 from .manifest import Manifest, ShardEntry
@@ -40,7 +42,7 @@ def shard_rows(tar: Path, column: str | None = None) -> list[dict]:
     if pq_path.exists():
         t = pq.read_table(pq_path)
         if column and column not in t.column_names:
-            raise ValueError(f"{pq_path}: no column {column!r} (columns: {', '.join(t.column_names)}); "
+            raise InputError(f"{pq_path}: no column {column!r} (columns: {', '.join(t.column_names)}); "
                              f"img2dataset writes extra columns with --save_additional_columns '[\"{column}\"]'")
         rows = t.to_pylist()
         return [{"key": r["key"], "caption": r.get("caption") or "", "value": r.get(column) if column else None}
@@ -51,7 +53,7 @@ def shard_rows(tar: Path, column: str | None = None) -> list[dict]:
             continue
         meta = json.loads(s["json"]) if "json" in s else {}
         if column and column not in meta:
-            raise ValueError(f"{tar}: sample {s['__key__']!r} has no {column!r} in its json")
+            raise InputError(f"{tar}: sample {s['__key__']!r} has no {column!r} in its json")
         out.append({"key": s["__key__"], "caption": s.get("txt", b"").decode("utf-8", "replace"),
                     "value": meta.get(column) if column else None})
     return out
@@ -84,7 +86,7 @@ def steps_by_value(values: list, num_steps: int | None) -> dict:
     if num_steps is None:
         return {v: i + 1 for i, v in enumerate(distinct)}
     if num_steps > len(distinct):
-        raise ValueError(f"--steps {num_steps}: the column has only {len(distinct)} distinct values "
+        raise InputError(f"--steps {num_steps}: the column has only {len(distinct)} distinct values "
                          f"({distinct[:8]}); use --steps {len(distinct)} or fewer")
     out, before, total = {}, 0, len(values)
     for v in distinct:
@@ -139,7 +141,7 @@ def carve(entries: list[ShardEntry], rows: dict, per_step: int, seed: int) -> di
             if len(pool) >= 8 * per_step:
                 break
         if len(pool) < 4 * per_step:
-            raise ValueError(f"step {t} has {len(pool)} samples, too few to hold out 2 x {per_step} "
+            raise InputError(f"step {t} has {len(pool)} samples, too few to hold out 2 x {per_step} "
                              "(--holdout smaller, or fewer steps)")
         picked = rng.sample(sorted(pool), 2 * per_step)
         for i, k in enumerate(picked):
@@ -174,22 +176,25 @@ def _write_heldout(root: Path, entries: list[ShardEntry], held: dict) -> list:
 def split_corpus(root, num_steps: int | None = 4, sizes: list[float] | None = None, by: str | None = None,
                  holdout: int | None = None, seed: int = 0, shard_dir: str | None = None,
                  vocab_size: int = 49408, tokenizer: bool = True, progress=print) -> Manifest:
-    """Write manifest.parquet, the held-out sets and (if missing) a tokenizer; see the module doc."""
+    """Write manifest.parquet, the held-out sets and (if missing) a tokenizer; see the module doc.
+    ``progress``: where messages go (None: silent, no progress bar)."""
+    say = progress or (lambda _: None)
     root = Path(root)
     folder = root / shard_dir if shard_dir else root
     tars = sorted(folder.glob("*.tar"))
     if not tars:
         raise FileNotFoundError(f"{folder}: no .tar shards (img2dataset --output_format webdataset writes 00000.tar, ...)")
-    rows = {t: shard_rows(t, by) for t in tars}
+    rows = {t: shard_rows(t, by) for t in tqdm(tars, desc="reading shards", unit="shard", disable=progress is None
+                                                 or len(tars) < 2)}
     empty = [t.name for t in tars if not rows[t]]
     if empty:
-        progress(f"skipping {len(empty)} shard(s) without a successful sample: {', '.join(empty[:5])}")
+        say(f"skipping {len(empty)} shard(s) without a successful sample: {', '.join(empty[:5])}")
         tars = [t for t in tars if rows[t]]
     if by:
         values = [r["value"] for t in tars for r in rows[t]]
         missing = sum(v is None for v in values)
         if missing:
-            raise ValueError(f"--by {by}: {missing} of {len(values)} samples have no value; fill them or drop them")
+            raise InputError(f"--by {by}: {missing} of {len(values)} samples have no value; fill them or drop them")
         step_of_value = steps_by_value(values, num_steps)
         entries = []
         for t in tars:
@@ -201,17 +206,17 @@ def split_corpus(root, num_steps: int | None = 4, sizes: list[float] | None = No
                                           root / "regrouped"):
                 rows[path] = [r for r in rows[t] if step_of_value[r["value"]] == step]
                 entries.append(ShardEntry(path, step, n))
-        progress(f"--by {by}: " + ", ".join(f"step {s} <- {[v for v, k in step_of_value.items() if k == s]}"
+        say(f"--by {by}: " + ", ".join(f"step {s} <- {[v for v, k in step_of_value.items() if k == s]}"
                                             for s in sorted(set(step_of_value.values()))))
     else:
         weights = sizes or [1.0] * num_steps
         if len(tars) < len(weights):
-            raise ValueError(f"{folder}: {len(tars)} shard(s), need at least one per step ({len(weights)}); "
+            raise InputError(f"{folder}: {len(tars)} shard(s), need at least one per step ({len(weights)}); "
                              "reshard with a smaller img2dataset --number_sample_per_shard")
         step = steps_by_weight([len(rows[t]) for t in tars], weights, seed)
         entries = [ShardEntry(t, s, len(rows[t])) for t, s in zip(tars, step)]
         if len({e.step for e in entries}) < len(weights):
-            raise ValueError(f"{folder}: {len(tars)} shards cannot make {len(weights)} steps of sizes {weights}; "
+            raise InputError(f"{folder}: {len(tars)} shards cannot make {len(weights)} steps of sizes {weights}; "
                              "use more, smaller shards or other --sizes")
     total = sum(e.num_samples for e in entries)
     nsteps = len({e.step for e in entries})
@@ -224,7 +229,8 @@ def split_corpus(root, num_steps: int | None = 4, sizes: list[float] | None = No
     m.save()
     if tokenizer and not (root / "tokenizer").exists():
         caps = [r["caption"] for e in entries if e.step == 1 for r in rows[e.path] if r["key"] not in held]
+        say(f"training a BPE tokenizer on {len(caps)} step-1 captions ...")
         with atomic_path(root / "tokenizer") as tmp:   # renamed when whole: a crash or a full disk
             train_bpe(caps, tmp, vocab_size)            # never leaves a partial tokenizer later splits keep
-        progress(f"trained a BPE tokenizer on {len(caps)} step-1 captions -> {root / 'tokenizer'}")
+        say(f"trained a BPE tokenizer on {len(caps)} step-1 captions -> {root / 'tokenizer'}")
     return m

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InputError
+
 SPECIALS = ["<pad>", "<sot>", "<eot>", "<unk>"]
 
 
@@ -51,7 +53,7 @@ class TextTokenizer:
         self.sot = self.tok.bos_token_id
         self.eot = self.tok.eos_token_id
         if self.eot is None:
-            raise ValueError(f"{path}: the tokenizer defines no end-of-text (eos) token")
+            raise InputError(f"{path}: the tokenizer defines no end-of-text (eos) token")
 
     @property
     def vocab_size(self) -> int:
@@ -76,7 +78,7 @@ def tokenizer_path(data) -> Path:
 def load_tokenizer(cfg, arch) -> TextTokenizer:
     tok = TextTokenizer(tokenizer_path(cfg.data), arch.context_length)
     if tok.vocab_size > arch.vocab_size:
-        raise ValueError(f"arch.vocab_size={arch.vocab_size} is smaller than the tokenizer needs "
+        raise InputError(f"arch.vocab_size={arch.vocab_size} is smaller than the tokenizer needs "
                          f"({tok.vocab_size} = its {tok.vocab_size - 1} ids + padding); raise arch.vocab_size "
                          f"(--set arch.vocab_size={tok.vocab_size}) or train a smaller one "
                          "(growclip-ds data split --vocab-size)")

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..data.shards import tar_samples
+from ..errors import InputError
 from ..fileio import atomic_path, atomic_write_text
 
 
@@ -51,20 +52,20 @@ class SetSpec:
 
     def validate(self, where: str) -> "SetSpec":
         if not self.name or not self.path:
-            raise ValueError(f"{where}: an evaluation set needs 'name' and 'path' (got {asdict(self)})")
+            raise InputError(f"{where}: an evaluation set needs 'name' and 'path' (got {asdict(self)})")
         if self.kind not in KINDS:
-            raise ValueError(f"{where}: set {self.name!r}: kind must be one of {KINDS} (got {self.kind!r})")
+            raise InputError(f"{where}: set {self.name!r}: kind must be one of {KINDS} (got {self.kind!r})")
         if self.role not in ROLES:
-            raise ValueError(f"{where}: set {self.name!r}: role must be one of {ROLES} (got {self.role!r})")
+            raise InputError(f"{where}: set {self.name!r}: role must be one of {ROLES} (got {self.role!r})")
         return self
 
     @classmethod
     def parse(cls, d, where: str) -> "SetSpec":
         if not isinstance(d, dict):
-            raise ValueError(f"{where}: each evaluation set is an object {{name, path, kind, role}} (got {d!r})")
+            raise InputError(f"{where}: each evaluation set is an object {{name, path, kind, role}} (got {d!r})")
         unknown = set(d) - {"name", "path", "kind", "role"}
         if unknown:
-            raise ValueError(f"{where}: unknown key {sorted(unknown)[0]!r} in evaluation set {d}; "
+            raise InputError(f"{where}: unknown key {sorted(unknown)[0]!r} in evaluation set {d}; "
                              "known: name, path, kind, role")
         return cls(**{k: str(v) for k, v in d.items()}).validate(where)
 
@@ -100,7 +101,7 @@ def _tars(folder: Path) -> list[Path]:
         try:
             n = int(count.read_text().strip())
         except ValueError:
-            raise ValueError(f"{count}: must hold the number of shards (got {count.read_text()[:40]!r})") from None
+            raise InputError(f"{count}: must hold the number of shards (got {count.read_text()[:40]!r})") from None
         tars = [folder / SPLIT / f"{i}.tar" for i in range(n)]
         missing = [t for t in tars if not t.exists()]
         if missing:
@@ -122,7 +123,7 @@ def _samples(tars: list[Path], need: str):
     """The samples of ``tars`` in file order; each must hold an image and ``need``."""
     for s in tar_samples(tars):
         if _image_ext(s) is None or need not in s:
-            raise ValueError(f"{s.get('__url__')}: sample {s.get('__key__')!r} needs an image and {need!r}")
+            raise InputError(f"{s.get('__url__')}: sample {s.get('__key__')!r} needs an image and {need!r}")
         yield s
 
 
@@ -143,7 +144,7 @@ class ZeroShotSet:
         self.templates = _lines(tpl) if tpl.exists() else list(DEFAULT_TEMPLATES)
         bad = [t for t in self.templates if "{c}" not in t]
         if bad:
-            raise ValueError(f"{tpl}: every template needs '{{c}}' for the class name; first without: {bad[0]!r}")
+            raise InputError(f"{tpl}: every template needs '{{c}}' for the class name; first without: {bad[0]!r}")
         self.tars = _tars(folder)
         if self.tars:
             if not (folder / CLASSNAMES).exists():
@@ -157,7 +158,7 @@ class ZeroShotSet:
             self.classes = _lines(folder / CLASSNAMES) if (folder / CLASSNAMES).exists() else \
                 [d.name.replace("_", " ") for d in dirs]
             if len(self.classes) != len(dirs):
-                raise ValueError(f"{folder / CLASSNAMES}: {len(self.classes)} names for {len(dirs)} class folders")
+                raise InputError(f"{folder / CLASSNAMES}: {len(self.classes)} names for {len(dirs)} class folders")
             self.files = [(f, i) for i, d in enumerate(dirs) for f in sorted(d.iterdir())
                           if f.suffix.lower().lstrip(".") in IMAGE_EXTS]
             self.labels = [i for _, i in self.files]
@@ -165,10 +166,10 @@ class ZeroShotSet:
             raise FileNotFoundError(f"evaluation set {name!r}: {folder} has neither .tar shards (test/*.tar) "
                                     "nor one image folder per class")
         if not self.labels:
-            raise ValueError(f"evaluation set {name!r}: {folder} holds no images")
+            raise InputError(f"evaluation set {name!r}: {folder} holds no images")
         out = [y for y in self.labels if not 0 <= y < len(self.classes)]
         if out:
-            raise ValueError(f"evaluation set {name!r}: label {out[0]} outside 0..{len(self.classes) - 1} "
+            raise InputError(f"evaluation set {name!r}: label {out[0]} outside 0..{len(self.classes) - 1} "
                              f"({len(self.classes)} lines in {CLASSNAMES})")
 
     def __len__(self) -> int:
@@ -207,7 +208,7 @@ class RetrievalSet:
         for i, s in enumerate(_samples(self.tars, "txt")):
             caps = [c.strip() for c in s["txt"].decode("utf-8").splitlines() if c.strip()]
             if not caps:
-                raise ValueError(f"{s['__url__']}: sample {s['__key__']!r} has an empty caption")
+                raise InputError(f"{s['__url__']}: sample {s['__key__']!r} has an empty caption")
             self.texts += caps
             self.text_image += [i] * len(caps)
             self.steps.append(int(json.loads(s["json"]).get("step", 0)) if "json" in s else 0)

@@ -22,7 +22,7 @@ import re
 
 import torch
 
-from ..config import ArchConfig
+from ..config import ArchConfig, ConfigError
 from ..model.init import init_tensor
 from ..model.clip import arch_specs
 from ..model.roles import Role, Spec
@@ -57,7 +57,7 @@ def rand_draw(name: str, spec: Spec, shape: tuple, seed: int) -> torch.Tensor:
 def pim(old_state: dict, old_arch: ArchConfig, new_arch: ArchConfig, beta: float = 0.3, gamma: float = 0.001,
         seed: int = 0, copy_logit_scale: bool = True, scope: str = "all") -> dict[str, torch.Tensor]:
     if scope not in ("all", "weights"):
-        raise ValueError(f"growth.pim_scope: must be 'all' or 'weights' (got {scope!r})")
+        raise ConfigError(f"growth.pim_scope: must be 'all' or 'weights' (got {scope!r})")
     out = {}
     for name, (shape, spec) in arch_specs(new_arch).items():
         src = source_name(name, old_arch)

@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from ..config import ArchConfig
+from ..config import ArchConfig, ConfigError
 from ..model.clip import arch_specs
 from ..model.roles import RESIDUAL_OUT, STREAM_DIM, Role
 from .pim import pim, rand_draw, source_name
@@ -46,7 +46,7 @@ def preserve(old_state: dict, old_arch: ArchConfig, new_arch: ArchConfig, seed: 
     if new_arch.tower == "clip" and (new_arch.img_width, new_arch.txt_width) != (old_arch.img_width, old_arch.txt_width):
         # ln_pre's new channels would carry its bias, not the mean of the old channels, so no rule
         # keeps the function when CLIP's towers widen (deepening is fine: new blocks start as identity)
-        raise ValueError("growth.inherit=preserve: CLIP's towers (arch.tower='clip') keep their function only "
+        raise ConfigError("growth.inherit=preserve: CLIP's towers (arch.tower='clip') keep their function only "
                          "when they deepen, not when they widen; use growth.inherit=pim, or delta_*_heads=0")
     out = pim(old_state, old_arch, new_arch, beta=1.0, gamma=0.0, seed=seed, copy_logit_scale=True)
     for name, (shape, spec) in arch_specs(new_arch).items():

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Callable
 
 from growclip_ds.config import RunConfig
+from growclip_ds.errors import InputError
 from growclip_ds.model.flops import train_flops
 
 
@@ -41,7 +42,7 @@ def steps_for_flops(budget: float, global_batch: int, flops_of_step: Callable[[i
     """The number of optimizer steps whose summed FLOPs come closest to ``budget`` (at least 1);
     ``flops_of_step(i)`` is the per-sample training FLOPs of iteration i's architecture."""
     if budget <= 0:
-        raise ValueError(f"FLOP budget {budget:.3g}: must be > 0 (an earlier phase spent the step's budget; "
+        raise InputError(f"FLOP budget {budget:.3g}: must be > 0 (an earlier phase spent the step's budget; "
                          "give the final phase a larger share, growth.final_epochs)")
     spent, n = 0.0, 0
     while True:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from growclip_ds import faults
-from growclip_ds.distributed import any_rank, barrier, rank_world
+from growclip_train import faults
+from growclip_ds.distributed import any_ranks, barrier, rank_world
 from growclip_ds.fileio import atomic_write_text, fsync_path
 from growclip_train.train import cadence, signing
 from growclip_train.train import universal as universal_ckpt
@@ -75,7 +75,7 @@ def save(engine, ckpt_dir: Path, global_step: int, meta: dict, keep: int = 0) ->
     tag = f"global_step{global_step}"
     folder = Path(ckpt_dir) / tag
     stale = rank == 0 and folder.exists()
-    if any_rank(stale and tag == latest_tag(ckpt_dir)):   # every rank raises, none waits for rank 0
+    if any_ranks(stale and tag == latest_tag(ckpt_dir))[0]:   # every rank raises, none waits for rank 0
         raise CheckpointError(f"{folder} is the checkpoint `latest` names; refusing to save over it")
     if stale:
         print(f"[growclip_ds] removing {folder}: left by a save that did not finish", flush=True)
@@ -89,14 +89,14 @@ def save(engine, ckpt_dir: Path, global_step: int, meta: dict, keep: int = 0) ->
         failed = e
         barrier()  # the barrier DeepSpeed's save ends with, which this rank skipped
     faults.hit("save", global_step)
-    if not any_rank(failed is not None) and rank == 0:
+    if not any_ranks(failed is not None)[0] and rank == 0:
         try:
             write_manifest(folder, tag, meta)
             atomic_write_text(Path(ckpt_dir) / "latest", tag)
             cadence.retain(ckpt_dir, keep, tag)
         except OSError as e:
             failed = e
-    if any_rank(failed is not None):
+    if any_ranks(failed is not None)[0]:
         if rank == 0:
             shutil.rmtree(folder, ignore_errors=True)
         prev = latest_tag(ckpt_dir)

@@ -14,12 +14,10 @@ from pathlib import Path
 import torch
 
 from growclip_ds.config import TrainConfig
+from growclip_ds.errors import InputError
+from growclip_train.accelerator import on_cpu
 
 DS_CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"   # shipped inside the package
-
-
-def on_cpu() -> bool:
-    return not torch.cuda.is_available() or os.environ.get("DS_ACCELERATOR") == "cpu"
 
 
 def monitor_config(monitors: list[str], out_dir: Path) -> dict:
@@ -46,7 +44,7 @@ def build_ds_config(train: TrainConfig, world_size: int, base: str | Path | None
         raise FileNotFoundError(f"{path}: DeepSpeed config missing (train.zero_stage={train.zero_stage})")
     cfg = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
     if cfg.get("zero_optimization", {}).get("stage", train.zero_stage) != train.zero_stage:
-        raise ValueError(f"{path}: zero_optimization.stage differs from train.zero_stage={train.zero_stage}")
+        raise InputError(f"{path}: zero_optimization.stage differs from train.zero_stage={train.zero_stage}")
     auto = {"train_batch_size": train.global_batch, "train_micro_batch_size_per_gpu": train.micro_batch,
             "gradient_accumulation_steps": train.grad_accum(world_size), "gradient_clipping": train.grad_clip}
     for k, v in auto.items():
@@ -86,7 +84,7 @@ def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.O
         from growclip_train.train.lamb import PartitionedLamb
 
         return PartitionedLamb(groups, lr=train.lr, betas=tuple(train.betas), eps=train.eps)
-    fused = {"fused": True} if torch.cuda.is_available() and not on_cpu() else {}
+    fused = {} if on_cpu() else {"fused": True}
     return torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas), eps=train.eps, **fused)
 
 

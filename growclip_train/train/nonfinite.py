@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import torch
 
-from growclip_ds.distributed import any_rank
+from growclip_ds.distributed import any_ranks
 from growclip_ds.model_folder import NonFiniteError, nonfinite_tensors  # noqa: F401  (the library's; part of this API)
+from growclip_train import exit_codes
 
-NONFINITE_EXIT = 4
+NONFINITE_EXIT = exit_codes.DIVERGED
 
 
 def local_weights_finite(module) -> bool:
@@ -44,7 +45,7 @@ class Guard:
         self.in_row += 1
         self.total += 1
         self.first = step if self.in_row == 1 else self.first
-        if any_rank(not local_weights_finite(module)):
+        if any_ranks(not local_weights_finite(module))[0]:
             self.abort(step, "the weights are no longer finite (the update was applied)")
         if self.in_row > self.max_in_row:
             self.abort(step, f"{self.in_row} non-finite steps in a row (train.max_nonfinite={self.max_in_row})")

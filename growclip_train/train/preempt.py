@@ -13,8 +13,10 @@ import signal
 import time
 from pathlib import Path
 
+from growclip_train import exit_codes
 
-PREEMPTED_EXIT = 3          # launchers/slurm/*.sbatch requeue the job on this exit code
+
+PREEMPTED_EXIT = exit_codes.PREEMPTED   # launchers/slurm/*.sbatch requeue the job on this exit code
 STOP_FILE = "STOP"
 _signalled = False
 LAUNCH_T0 = "GROWCLIP_LAUNCH_T0"   # when this launch began (set once, kept across the phase re-executions)

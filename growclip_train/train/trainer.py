@@ -19,13 +19,14 @@ from typing import Callable
 
 import torch
 
-from growclip_ds import faults
+from growclip_train import faults
 from growclip_ds.config import ArchConfig, RunConfig, replace
 from growclip_ds.data.loader import EpochPlan, Liveness, make_loader
 from growclip_ds.data.manifest import Manifest
 from growclip_ds.data.mixture import Source
 from growclip_ds.data.tokenizer import load_tokenizer
 from growclip_ds.distributed import any_ranks, barrier, check_same, rank_world
+from growclip_ds.errors import InputError
 from growclip_ds.factory import build
 from growclip_ds.loss import clip_loss, lwf_kl
 from growclip_ds.model import GrowCLIP
@@ -124,7 +125,7 @@ class Trainer:
         m.check_files()
         self.shards = [e.path for e in m.shards(phase.data_steps)]
         if not self.shards:
-            raise ValueError(f"{cfg.data.root}: the manifest has no shards for steps {phase.data_steps}")
+            raise InputError(f"{cfg.data.root}: the manifest has no shards for steps {phase.data_steps}")
         self.n_samples, self.sources = m.num_samples(phase.data_steps), []
         if phase.mixture and (len(phase.mixture) > 1 or phase.mixture[0].keep < 1):
             self.sources, self.n_samples = mixture_sources(m, phase.mixture)
@@ -135,10 +136,14 @@ class Trainer:
         if phase.flops_budget is not None:
             self.total = steps_for_flops(phase.flops_budget, cfg.train.global_batch, self.flops_of_step)
 
+    def flops_per_sample(self, arch) -> float:
+        """Training FLOPs of one sample on ``arch`` (with LwF's frozen teacher's forward): the one formula."""
+        return train_flops(arch) + self.teacher_flops
+
     def flops_of_step(self, iteration: int) -> float:
         """Per-sample training FLOPs of an iteration's architecture (a sampled candidate or the phase's)."""
         arch_at = getattr(self.phase.sampler, "arch_at", None)
-        return train_flops(arch_at(iteration) if arch_at else self.phase.arch) + self.teacher_flops
+        return self.flops_per_sample(arch_at(iteration) if arch_at else self.phase.arch)
 
     def setup_engine(self) -> None:
         t, phase = self.cfg.train, self.phase
@@ -205,7 +210,7 @@ class Trainer:
         resume_state = s.data if s.data.get("epoch") == epoch else {}
         raw_done = list(resume_state.get("raw_done", []))
         if raw_done and len(raw_done) != max(1, d.num_workers):
-            raise ValueError(f"data.num_workers={d.num_workers} differs from the checkpoint's {len(raw_done)} "
+            raise InputError(f"data.num_workers={d.num_workers} differs from the checkpoint's {len(raw_done)} "
                              "workers; resume with the same data.num_workers")
         in_epoch = s.step - epoch * self.per_epoch
         plan = EpochPlan(shards=self.shards, seed=self.cfg.train.seed, epoch=epoch, rank=self.rank, world=self.world,
@@ -243,7 +248,7 @@ class Trainer:
             loss_sum += self.micro_step(batch)
         s.step += 1
         s.samples_seen += t.global_batch
-        s.train_flops += t.global_batch * (train_flops(active) + self.teacher_flops)
+        s.train_flops += t.global_batch * self.flops_per_sample(active)
         s.device_s += (time.perf_counter() - t0) * self.world
         self.loss = loss_sum / self.accum
         self.losses.append(self.loss)
@@ -310,7 +315,7 @@ def mixture_sources(manifest: Manifest, mixture: list[Source]) -> tuple[list, in
     sources = [([e.path for e in manifest.shards(list(src.steps))], src.weight, src.keep) for src in mixture]
     for src, (shards, _, _) in zip(mixture, sources):
         if not shards:
-            raise ValueError(f"{manifest.root}: the manifest has no shards for steps {list(src.steps)}")
+            raise InputError(f"{manifest.root}: the manifest has no shards for steps {list(src.steps)}")
     return sources, round(sum(src.keep * manifest.num_samples(list(src.steps)) for src in mixture))
 
 

@@ -21,36 +21,30 @@ import time
 ENV = "GROWCLIP_FAULT"
 
 
-def hit(point: str, count: int | None = None) -> None:
-    spec = os.environ.get(ENV)
-    if not spec:
-        return
+def _named(point: str, count: int | None = None) -> bool:
+    """Whether ``GROWCLIP_FAULT`` names ``point`` on this rank (and, where it gives one, this ``count``)."""
+    spec = os.environ.get(ENV, "")
     where, _, n = spec.partition(":")
     name, _, rank = where.partition("@")
-    from .distributed import rank_world
+    from growclip_ds.distributed import rank_world
 
-    if name == point and int(rank or 0) == rank_world()[0] and (not n or count == int(n)):
-        print(f"[growclip_ds] fault injection: SIGKILL at {point}"
-              f"{'' if count is None else ' ' + str(count)} on rank {rank_world()[0]}", flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
+    return bool(spec) and name == point and int(rank or 0) == rank_world()[0] and (not n or count == int(n))
+
+
+def hit(point: str, count: int | None = None) -> None:
+    """SIGKILL this process at ``point`` where the fault spec names it."""
+    if not os.environ.get(ENV) or not _named(point, count):   # the normal case: one dict lookup
+        return
+    from growclip_ds.distributed import rank_world
+
+    print(f"[growclip_ds] fault injection: SIGKILL at {point}"
+          f"{'' if count is None else ' ' + str(count)} on rank {rank_world()[0]}", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def skew(point: str) -> int:
     """1 on the rank named by ``GROWCLIP_FAULT="<point>@<rank>"``, else 0 (a value off by one)."""
-    spec = os.environ.get(ENV, "")
-    name, _, rank = spec.partition(":")[0].partition("@")
-    from .distributed import rank_world
-
-    return int(name == point and int(rank or 0) == rank_world()[0])
-
-
-def _named(point: str, count: int | None) -> bool:
-    spec = os.environ.get(ENV, "")
-    where, _, n = spec.partition(":")
-    name, _, rank = where.partition("@")
-    from .distributed import rank_world
-
-    return bool(spec) and name == point and int(rank or 0) == rank_world()[0] and (not n or count == int(n))
+    return int(_named(point))
 
 
 def delay() -> None:
