@@ -49,6 +49,8 @@ class TrainConfig:
     checkpoint_every_minutes: float = 30.0   # wall minutes between checkpoints; 0: by steps only
     keep_checkpoints: int = 3     # verified checkpoints kept per phase (the newest; 0: all)
     max_nonfinite: int = 10       # NaN/inf-loss steps in a row before the phase aborts (train/nonfinite.py)
+    collective_timeout_s: float = 1800.0   # how long a collective waits for a peer (a hung rank, a lost node)
+                                  # before every waiting rank stops with exit code 6 (growclip_train/exit_codes.py)
     log_every: int = 10
     grad_checkpointing: bool = False
     monitor: str = "tensorboard"  # DeepSpeed's monitors, comma-separated: tensorboard, csv, wandb (offline unless
@@ -65,6 +67,8 @@ class TrainConfig:
                   "keep_checkpoints", "max_nonfinite"):
             _check(getattr(self, f) >= 0, f"{prefix}.{f}", "must be >= 0", getattr(self, f))
         _check(self.weight_decay >= 0, f"{prefix}.weight_decay", "must be >= 0", self.weight_decay)
+        _check(self.collective_timeout_s > 0, f"{prefix}.collective_timeout_s", "must be > 0 seconds",
+               self.collective_timeout_s)
         _check(0 <= self.warmup_inherited <= 1, f"{prefix}.warmup_inherited", "must be in [0, 1]",
                self.warmup_inherited)
         _check(self.eps > 0 and math.isfinite(self.eps), f"{prefix}.eps", "must be a positive finite number", self.eps)

@@ -8,6 +8,7 @@
 | 3 | preempted (SIGTERM / SIGUSR1 / a STOP file): a checkpoint was written | rerun the same command to resume (SLURM requeues) |
 | 4 | the loss diverged (NaN/inf) too often; ``latest`` is the last finite checkpoint | lower the lr or change the data |
 | 5 | a rank's data yields nothing decodable; the message names the shard | fix or drop the shard |
+| 6 | a peer rank is gone or hung: a collective failed or waited ``train.collective_timeout_s`` | rerun (after replacing a lost node); it resumes from the last checkpoint |
 """
 OK = 0
 UNEXPECTED = 1
@@ -15,3 +16,4 @@ USAGE = 2
 PREEMPTED = 3
 DIVERGED = 4
 DATA = 5
+LOST_PEER = 6

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 from growclip_train import exit_codes
 
@@ -58,8 +60,9 @@ DATA_EXIT = exit_codes.DATA   # a rank's data stream yields nothing decodable (D
 EXEC_GEN = "GROWCLIP_EXEC_GEN"  # how many phases this rank process has already run (re-executions)
 
 
-def init_distributed() -> None:
-    """Start the process group: gloo on CPU, nccl on GPU; a plain ``python`` run is a world of 1.
+def init_distributed(timeout_s: float = 1800.0) -> None:
+    """Start the process group: gloo on CPU, nccl on GPU; a plain ``python`` run is a world of 1. A
+    collective that waits ``timeout_s`` for a peer (``train.collective_timeout_s``) raises on the waiting ranks.
 
     After a re-execution (next phase) the rendezvous store may be the launcher's (torchrun keeps
     one store for the whole job), so its keys are namespaced by the generation: stale keys of the
@@ -78,10 +81,10 @@ def init_distributed() -> None:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world))
         dist.init_process_group(pg_backend, store=dist.PrefixStore(f"/growclip/gen{gen}", store), rank=rank,
-                                world_size=world)
+                                world_size=world, timeout=timedelta(seconds=timeout_s))
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend=pg_backend)
+    deepspeed.init_distributed(dist_backend=pg_backend, timeout=timedelta(seconds=timeout_s))
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,14 @@ class LaunchPlan:
     todo: list             # the phases of the growth step still to run, in order
     data: dict             # the data fingerprint the ranks compare
     key_id: str            # the checkpoint key's id
+
+
+def lost_peer(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that lost its peer: timed out waiting (a hung rank, a stuck filesystem)
+    or found the connection closed (a killed rank, a lost node)."""
+    text = str(e).lower()
+    return type(e).__name__.startswith("Dist") or any(w in text for w in (
+        "timed out", "timeout", "connection closed", "connection reset", "broken pipe"))
 
 
 def check(args, lock) -> LaunchPlan:
@@ -194,10 +205,27 @@ class _Lock:
             self.held.release()
 
 
+def die_with_launcher() -> None:
+    """A rank started by a launcher (torchrun, DeepSpeed's) dies with it: the kernel sends SIGKILL when the
+    parent exits (Linux PR_SET_PDEATHSIG, kept across the re-execution between phases). torchrun starts each
+    rank in its own session, so without this a SIGKILLed launcher left its ranks training on, holding the
+    run's LOCK until their rendezvous store timed out (found by scripts/chaos.py). A rank run by hand
+    (``python launchers/grow.py``) is left alone: closing its shell must not kill it."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))   # PR_SET_PDEATHSIG
+    if os.getppid() == 1:   # the launcher died before the call
+        os._exit(exit_codes.LOST_PEER)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from growclip_train.train import preempt
 
+    die_with_launcher()
     preempt.mark_launch()   # a STOP file older than this is a killed job's, not a request to this launch
     lock = _Lock()
     try:
@@ -235,8 +263,8 @@ def _main(args, lock) -> int:
         print(f"[growclip_ds] ignoring {stale}: it is older than this launch (left by a stopped job); "
               "remove it", file=sys.stderr, flush=True)
     preempt.install()  # SIGTERM / SIGUSR1: checkpoint after the current step, exit PREEMPTED_EXIT
-    init_distributed()
     try:
+        init_distributed(plan.cfg.train.collective_timeout_s)   # a peer missing from the rendezvous: lost_peer too
         provenance.check_ranks_agree(provenance.agreement(plan.cfg, plan.data, plan.key_id))   # after init: faults see the rank
         res = run_phase_of_step(plan.cfg, args.step, plan.run.path, plan.todo[0], plan.ablate, progress=not args.no_progress,
                                 stop_after=args.stop_after_iterations, method=args.method, candidate=args.candidate)
@@ -256,6 +284,15 @@ def _main(args, lock) -> int:
         print(f"[growclip_ds] rank {os.environ.get('RANK', '0')}: no usable data: {e}", file=sys.stderr, flush=True)
         lock.release()
         os._exit(DATA_EXIT)
+    except RuntimeError as e:     # a peer died or hung mid-collective (gloo/NCCL): collectives cannot end cleanly
+        if not lost_peer(e):
+            raise
+        print(f"[growclip_ds] rank {os.environ.get('RANK', '0')} of {os.environ.get('WORLD_SIZE', '1')} "
+              f"(host {socket.gethostname()}): a peer rank is gone or hung ({str(e).splitlines()[0][:200]}); "
+              f"stopping (exit {exit_codes.LOST_PEER}). Rerun the same command when every host is back: it resumes "
+              "from the last checkpoint", file=sys.stderr, flush=True)
+        lock.release()
+        os._exit(exit_codes.LOST_PEER)
     leave_group()
     if res.preempted:
         print(f"[growclip_ds] preempted: checkpointed {res.ckpt_dir}; rerun the same command to resume", flush=True)

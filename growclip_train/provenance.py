@@ -25,7 +25,7 @@ from growclip_ds.fileio import atomic_write_text
 # fields that change how a run is operated, not what it computes: free to change at a resume
 OPERATIONAL = {
     "train.log_every", "train.checkpoint_every", "train.checkpoint_every_minutes", "train.keep_checkpoints",
-    "train.max_nonfinite", "train.grad_checkpointing", "train.monitor", "data.num_workers", "data.max_bad_in_row",
+    "train.max_nonfinite", "train.collective_timeout_s", "train.grad_checkpointing", "train.monitor", "data.num_workers", "data.max_bad_in_row",
     "data.max_idle_minutes", "data.warn_bad_fraction",
     "train.zero_stage", "train.micro_batch",   # how the work is partitioned, not what is computed
     "data.root", "data.tokenizer",             # where the data is: its content is compared by data.json
