@@ -31,6 +31,7 @@ from growclip_ds.fileio import atomic_write_text
 from growclip_ds.presets import load_config
 from growclip_train import exit_codes
 from growclip_train.local_launch import local_command, local_env
+from growclip_train.log import add_arguments as add_log_arguments, setup as setup_log
 
 SPLIT_RECORD = "split.json"   # the arguments a `data split` folder was made with
 
@@ -306,6 +307,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="growclip-ds", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"growclip-ds {growclip_ds.__version__}")
+    add_log_arguments(p)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="{demo,data,eval,plan,report,slurm,checkpoint,export}")
     preset, recorded = _config_parents()
     _add_runs(sub, preset, recorded)
@@ -320,6 +322,7 @@ def main(argv=None) -> int:
     from growclip_train.train.checkpoint import CheckpointError
 
     args = parser().parse_args(argv)
+    setup_log(args.log_level, args.log_ranks)
     try:
         return args.fn(args)
     except (*USER_ERRORS, RunLocked, CheckpointError) as e:

@@ -17,6 +17,7 @@ import errno
 import os
 import signal
 import time
+from growclip_train.log import log
 
 ENV = "GROWCLIP_FAULT"
 
@@ -37,8 +38,8 @@ def hit(point: str, count: int | None = None) -> None:
         return
     from growclip_ds.distributed import rank_world
 
-    print(f"[growclip_ds] fault injection: SIGKILL at {point}"
-          f"{'' if count is None else ' ' + str(count)} on rank {rank_world()[0]}", flush=True)
+    log.warning(f"fault injection: SIGKILL at {point}"
+                f"{'' if count is None else ' ' + str(count)} on rank {rank_world()[0]}")
     os.kill(os.getpid(), signal.SIGKILL)
 
 

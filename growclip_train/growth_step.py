@@ -22,6 +22,7 @@ from growclip_ds.growth.preserve import preserve
 from growclip_ds.model.init import name_seed
 from growclip_train.rundir import PIM1, PIM3, RunDir
 from growclip_train.step_phases import SUPERNET_PHASES
+from growclip_train.log import log
 
 
 class GrowthStep:
@@ -73,8 +74,8 @@ class GrowthStep:
             kept = measure_kept(old, build(state, dst, accelerator_device()), self.fixed_batch(), self.selection_sets(),
                                 self.tok)
             if rank_world()[0] == 0:
-                print(f"[growclip_ds] step {self.t} {which} ({self.inheritance(which)['inherit']}): "
-                      f"{describe_kept(kept)}", flush=True)
+                log.info(f"step {self.t} {which} ({self.inheritance(which)['inherit']}): "
+                         f"{describe_kept(kept)}")
             folder.mark_done({**self.inheritance(which), "kept": kept, "wall_s": time.time() - t0})
         return state
 

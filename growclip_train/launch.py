@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from growclip_train import exit_codes
+from growclip_train.log import add_arguments as add_log_arguments, log, setup as setup_log
 
 
 def parse_args(argv=None):
@@ -53,6 +54,7 @@ def parse_args(argv=None):
                    help="resume a step under a config that differs from the one it started with (refused by "
                         "default, naming the fields; the change is recorded in step<t>/config_changes.jsonl)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
+    add_log_arguments(p)
     return p.parse_args(argv)
 
 
@@ -223,6 +225,7 @@ def die_with_launcher() -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    setup_log(args.log_level, args.log_ranks)
     from growclip_train.train import preempt
 
     die_with_launcher()
@@ -243,10 +246,10 @@ def _main(args, lock) -> int:
     try:
         plan = check(args, lock)
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+        log.error(f"config error: {e}")
         return exit_codes.USAGE
     except (*USER_ERRORS, RunLocked, CheckpointKeyError) as e:   # a bug's ValueError keeps its traceback
-        print(f"error: {e}", file=sys.stderr)
+        log.error(f"error: {e}")
         return exit_codes.USAGE
     from growclip_ds.data.loader import DataStall
     from growclip_train import provenance
@@ -256,12 +259,12 @@ def _main(args, lock) -> int:
     from growclip_train.train.nonfinite import NONFINITE_EXIT, NonFiniteError
 
     if not plan.todo:
-        print(f"[growclip_ds] {plan.run.step(args.step).path} is complete; nothing to do")
+        log.info(f"{plan.run.step(args.step).path} is complete; nothing to do")
         return exit_codes.OK
     stale = preempt.stale_stop(plan.run.path)
     if stale and os.environ.get("RANK", "0") == "0":
-        print(f"[growclip_ds] ignoring {stale}: it is older than this launch (left by a stopped job); "
-              "remove it", file=sys.stderr, flush=True)
+        log.warning(f"ignoring {stale}: it is older than this launch (left by a stopped job); "
+                    "remove it")
     preempt.install()  # SIGTERM / SIGUSR1: checkpoint after the current step, exit PREEMPTED_EXIT
     try:
         init_distributed(plan.cfg.train.collective_timeout_s)   # a peer missing from the rendezvous: lost_peer too
@@ -269,33 +272,33 @@ def _main(args, lock) -> int:
         res = run_phase_of_step(plan.cfg, args.step, plan.run.path, plan.todo[0], plan.ablate, progress=not args.no_progress,
                                 stop_after=args.stop_after_iterations, method=args.method, candidate=args.candidate)
     except ConfigError as e:      # raised on every rank (the ranks compared their views)
-        print(f"config error: {e}", file=sys.stderr, flush=True)
+        log.error(f"config error: {e}")
         leave_group()
         return exit_codes.USAGE
     except CheckpointError as e:  # raised on every rank (the ranks agreed: a refused resume, a failed save)
-        print(f"[growclip_ds] rank {os.environ.get('RANK', '0')}: error: {e}", file=sys.stderr, flush=True)
+        log.error(f"rank {os.environ.get('RANK', '0')}: error: {e}")
         leave_group()
         return exit_codes.USAGE
     except NonFiniteError as e:   # raised on every rank at the same step (the ranks agreed)
         if os.environ.get("RANK", "0") == "0":
-            print(f"[growclip_ds] diverged: {e}", file=sys.stderr, flush=True)
+            log.error(f"diverged: {e}")
         return NONFINITE_EXIT
     except DataStall as e:        # this rank's data: the launcher stops the other ranks
-        print(f"[growclip_ds] rank {os.environ.get('RANK', '0')}: no usable data: {e}", file=sys.stderr, flush=True)
+        log.error(f"rank {os.environ.get('RANK', '0')}: no usable data: {e}")
         lock.release()
         os._exit(DATA_EXIT)
     except RuntimeError as e:     # a peer died or hung mid-collective (gloo/NCCL): collectives cannot end cleanly
         if not lost_peer(e):
             raise
-        print(f"[growclip_ds] rank {os.environ.get('RANK', '0')} of {os.environ.get('WORLD_SIZE', '1')} "
-              f"(host {socket.gethostname()}): a peer rank is gone or hung ({str(e).splitlines()[0][:200]}); "
-              f"stopping (exit {exit_codes.LOST_PEER}). Rerun the same command when every host is back: it resumes "
-              "from the last checkpoint", file=sys.stderr, flush=True)
+        log.error(f"rank {os.environ.get('RANK', '0')} of {os.environ.get('WORLD_SIZE', '1')} "
+                  f"(host {socket.gethostname()}): a peer rank is gone or hung ({str(e).splitlines()[0][:200]}); "
+                  f"stopping (exit {exit_codes.LOST_PEER}). Rerun the same command when every host is back: it resumes "
+                  "from the last checkpoint")
         lock.release()
         os._exit(exit_codes.LOST_PEER)
     leave_group()
     if res.preempted:
-        print(f"[growclip_ds] preempted: checkpointed {res.ckpt_dir}; rerun the same command to resume", flush=True)
+        log.info(f"preempted: checkpointed {res.ckpt_dir}; rerun the same command to resume")
         return preempt.PREEMPTED_EXIT
     if args.phase or res.stopped or len(plan.todo) == 1:
         return exit_codes.OK

@@ -47,6 +47,7 @@ from growclip_ds.model.init import name_seed
 from growclip_train.rundir import RunDir
 from growclip_train.train.budget import step_flops
 from growclip_train.train.trainer import Phase
+from growclip_train.log import log
 
 
 class Init(str, Enum):
@@ -165,8 +166,8 @@ def patch_step(cfg: RunConfig, step: int, run: RunDir, progress: bool = True) ->
         by_step = score(interpolate(old, new, alpha))["retrieval_by_step"]
         scores[alpha] = sum(by_step[str(j)]["mean_R@1"] for j in range(1, last + 1)) / last
         if progress and rank_world()[0] == 0:
-            print(f"[growclip_ds] patching step {step}: alpha={alpha} mean R@1 on steps 1..{last} = "
-                  f"{scores[alpha]:.4f}", flush=True)
+            log.info(f"patching step {step}: alpha={alpha} mean R@1 on steps 1..{last} = "
+                     f"{scores[alpha]:.4f}")
     best = max(scores, key=lambda a: (scores[a], a))
     return interpolate(old, new, best), {"alpha": best, "scores": {str(a): s for a, s in scores.items()}}
 

@@ -2,6 +2,7 @@
 situation gives the same code in every command; a bug keeps its traceback), and `data make` / `data split`
 on a folder that already holds data: 0 when it holds what was asked, 2 (nothing overwritten) otherwise."""
 import json
+import os
 import subprocess
 import sys
 
@@ -55,3 +56,29 @@ def test_data_commands_keep_what_exists_and_say_so_the_same_way(tiny_data, tmp_p
     assert cli.main(split) == exit_codes.OK and "nothing to do" in capsys.readouterr().out
     assert cli.main(split + ["--seed", "1"]) == exit_codes.USAGE                           # other arguments: kept
     assert "--force" in capsys.readouterr().err and (folder / "manifest.parquet").read_bytes() == manifest
+
+
+def test_log_goes_to_rank_0_at_its_level_and_to_every_rank_when_asked(monkeypatch, capsys):
+    """Information on stdout, warnings on stderr; ranks other than 0 only warn, unless --log-ranks, which
+    prefixes each line with the rank; the settings reach launched ranks through the environment."""
+    from growclip_train import log as logmod
+
+    for k in ("GROWCLIP_LOG_LEVEL", "GROWCLIP_LOG_RANKS"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("RANK", "1")
+    logmod.setup()
+    logmod.log.info("quiet")
+    logmod.log.warning("heard")
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == "[growclip_ds] heard\n"
+    logmod.setup("DEBUG", ranks=True)
+    logmod.log.debug("detail")
+    assert capsys.readouterr().out == "[growclip_ds rank 1] detail\n"
+    assert (os.environ["GROWCLIP_LOG_LEVEL"], os.environ["GROWCLIP_LOG_RANKS"]) == ("DEBUG", "1")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("GROWCLIP_LOG_RANKS")
+    logmod.setup("WARNING")
+    logmod.log.info("hidden")
+    assert capsys.readouterr().out == ""
+    monkeypatch.delenv("GROWCLIP_LOG_LEVEL")
+    logmod.setup()

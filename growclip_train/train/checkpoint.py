@@ -23,6 +23,7 @@ from growclip_ds.distributed import any_ranks, barrier, rank_world
 from growclip_ds.fileio import atomic_write_text, fsync_path
 from growclip_train.train import cadence, signing
 from growclip_train.train import universal as universal_ckpt
+from growclip_train.log import log
 
 
 MANIFEST = "growclip_manifest.json"
@@ -78,7 +79,7 @@ def save(engine, ckpt_dir: Path, global_step: int, meta: dict, keep: int = 0) ->
     if any_ranks(stale and tag == latest_tag(ckpt_dir))[0]:   # every rank raises, none waits for rank 0
         raise CheckpointError(f"{folder} is the checkpoint `latest` names; refusing to save over it")
     if stale:
-        print(f"[growclip_ds] removing {folder}: left by a save that did not finish", flush=True)
+        log.info(f"removing {folder}: left by a save that did not finish")
         shutil.rmtree(folder)
     barrier()
     failed = None
@@ -239,7 +240,7 @@ def universal_conversion(ckpt_dir: Path, tag: str) -> str:
     if rank_world()[0] == 0:
         why = verify(ckpt_dir / out) if (ckpt_dir / out).exists() else "absent"
         if why != "absent" and why is not None:
-            print(f"[growclip_ds] refusing {ckpt_dir / out}: {why}; converting again", flush=True)
+            log.warning(f"refusing {ckpt_dir / out}: {why}; converting again")
         if why is not None:
             src_why = verify(ckpt_dir / tag)
             if src_why is not None:

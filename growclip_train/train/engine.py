@@ -16,6 +16,7 @@ import torch
 from growclip_ds.config import TrainConfig
 from growclip_ds.errors import InputError
 from growclip_train.accelerator import on_cpu
+from growclip_train.log import log
 
 DS_CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"   # shipped inside the package
 
@@ -58,8 +59,8 @@ def build_ds_config(train: TrainConfig, world_size: int, base: str | Path | None
     elif train.precision == "fp16":
         cfg["fp16"] = {"enabled": True, "initial_scale_power": 16}
     if train.precision != "fp32" and on_cpu():
-        print(f"[growclip_ds] warning: train.precision={train.precision} on CPU runs several times slower "
-              "than fp32 (no bf16 instructions on most CPUs)")
+        log.warning(f"train.precision={train.precision} on CPU runs several times slower "
+                    "than fp32 (no bf16 instructions on most CPUs)")
     return cfg
 
 

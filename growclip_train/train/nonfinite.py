@@ -17,6 +17,7 @@ import torch
 from growclip_ds.distributed import any_ranks
 from growclip_ds.model_folder import NonFiniteError, nonfinite_tensors  # noqa: F401  (the library's; part of this API)
 from growclip_train import exit_codes
+from growclip_train.log import log
 
 NONFINITE_EXIT = exit_codes.DIVERGED
 
@@ -51,8 +52,8 @@ class Guard:
             self.abort(step, f"{self.in_row} non-finite steps in a row (train.max_nonfinite={self.max_in_row})")
         if last_step:
             self.abort(step, "the last step of the phase is non-finite")
-        print(f"[growclip_ds] {self.where}: non-finite loss at step {step}; update skipped, "
-              f"{self.in_row} in a row", flush=True)
+        log.warning(f"{self.where}: non-finite loss at step {step}; update skipped, "
+                    f"{self.in_row} in a row")
 
     def abort(self, step: int, why: str) -> None:
         raise NonFiniteError(

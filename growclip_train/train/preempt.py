@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from growclip_train import exit_codes
+from growclip_train.log import log
 
 
 PREEMPTED_EXIT = exit_codes.PREEMPTED   # launchers/slurm/*.sbatch requeue the job on this exit code
@@ -43,7 +44,7 @@ def stale_stop(run_dir: Path) -> Path | None:
 def _handler(signum, frame) -> None:
     global _signalled
     _signalled = True
-    print(f"[growclip_ds] got signal {signal.Signals(signum).name}: checkpointing after this step", flush=True)
+    log.warning(f"got signal {signal.Signals(signum).name}: checkpointing after this step")
 
 
 def install() -> None:

@@ -38,6 +38,7 @@ from growclip_train.train.checkpoint_manager import CheckpointManager
 from growclip_train.train.engine import build_engine
 from growclip_train.train.metrics import MetricsLogger
 from growclip_train.train.schedule import plan_steps, warmup_for
+from growclip_train.log import log
 
 
 @dataclass
@@ -160,8 +161,8 @@ class Trainer:
         if phase.teacher is not None:
             self.teacher = build(*phase.teacher, device=self.engine.device).eval().requires_grad_(False)
         if self.ckpt.resized and self.rank == 0:
-            print(f"[growclip_ds] resuming {self.ckpt_dir / self.ckpt.tag} (world size {self.ckpt.saved_world}) at world size "
-                  f"{self.world}; the rest of this epoch reads freshly seeded per-rank streams", flush=True)
+            log.info(f"resuming {self.ckpt_dir / self.ckpt.tag} (world size {self.ckpt.saved_world}) at world size "
+                     f"{self.world}; the rest of this epoch reads freshly seeded per-rank streams")
 
     def resume(self) -> None:
         meta = self.ckpt.load(self.engine) or {}
@@ -326,8 +327,8 @@ def skipped_fraction(skipped: dict, warn_above: float, where: str) -> float:
         torch.distributed.all_reduce(t)
     frac = float(t[0] / t[1]) if t[1] else 0.0
     if frac > warn_above and rank_world()[0] == 0:
-        print(f"[growclip_ds] WARNING {where}: {int(t[0])} of {int(t[1])} samples read ({100 * frac:.1f}%) could "
-              f"not be decoded and were skipped (data.warn_bad_fraction={warn_above})", flush=True)
+        log.warning(f"{where}: {int(t[0])} of {int(t[1])} samples read ({100 * frac:.1f}%) could "
+                    f"not be decoded and were skipped (data.warn_bad_fraction={warn_above})")
     return frac
 
 

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from growclip_ds.fileio import atomic_path
+from growclip_train.log import log
 
 
 
@@ -32,7 +33,7 @@ def convert(ckpt_dir: Path, tag: str, out_tag: str) -> Path:
     """Convert ``<ckpt_dir>/<tag>`` (verified by the caller) into ``<ckpt_dir>/<out_tag>``: written under a
     temporary name, then renamed; the caller signs it (``checkpoint.universal_conversion``)."""
     src, out = Path(ckpt_dir) / tag, Path(ckpt_dir) / out_tag
-    print(f"[growclip_ds] world size changed: converting {src} to a universal checkpoint", flush=True)
+    log.info(f"world size changed: converting {src} to a universal checkpoint")
     with atomic_path(out) as tmp:
         cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(src),
                "--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "1",
