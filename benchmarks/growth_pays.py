@@ -109,6 +109,24 @@ def efficiency(rows: list[dict]) -> dict:
             "note": "growclip never reaches the target" if need is None else ""}
 
 
+def paper_step_ratio(rows: list[dict]) -> dict:
+    """The paper's Table 7 accounting, step 4 only: the fraction of GrowCLIP's last-step FLOP budget at which
+    its model first reaches the last-step quality of its chosen architecture trained from scratch with the full
+    budget (tfs-chosen). Measured at the step's two ends (the step t-1 model at fraction 0, the step's model at
+    1), linear in between: None when even the full budget does not reach it."""
+    top = aggregate(rows, "top1_mean")
+    steps = sorted(s for m, s in top if m == "tfs-chosen")
+    if not steps or ("growclip", steps[-1]) not in top:
+        return {"paper_step_ratio": None, "paper_step_note": "no tfs-chosen or growclip run at the last step"}
+    last = steps[-1]
+    target, end, start = top[("tfs-chosen", last)]["mean"], top[("growclip", last)]["mean"], top[("growclip", last - 1)]["mean"]
+    if end < target:
+        return {"paper_step_ratio": None, "paper_step_note": f"not reached: GrowCLIP's step {last} model ({end:.2f}) is "
+                f"below its chosen architecture from scratch ({target:.2f}) at 100% of the step's budget"}
+    ratio = 0.0 if start >= target else (target - start) / (end - start)
+    return {"paper_step_ratio": round(ratio, 3), "paper_step_note": "linear between the step's two ends"}
+
+
 def variant_table(variants: dict[str, list[dict]]) -> list[str]:
     common = set.intersection(*({r["step"] for r in rows} for rows in variants.values()))
     variants = {k: [r for r in rows if r["step"] in common] for k, rows in variants.items()}   # compare like with like
@@ -179,6 +197,9 @@ def main() -> int:
     ap.add_argument("--previous", default="", metavar="SUMMARY",
                     help="an earlier summary.json: its method rows (when no RUNS are given) and variants are kept, "
                          "variants measured now are added (the same name: replaced)")
+    ap.add_argument("--headroom", default="", metavar="SUMMARY",
+                    help="a benchmarks/headroom.py summary.json whose headroom rows this summary carries")
+    ap.add_argument("--step1-arch", default="base", help="the headroom rows' name of the step-1 net")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     prev = json.loads(Path(args.previous).read_text()) if args.previous else {"rows": [], "variants": {}}
@@ -200,9 +221,10 @@ def main() -> int:
                 "architecture, every method at every step", "seeds": sorted({r["seed"] for r in rows}),
                 "quality": "mean zero-shot top-1 (%) on the test split; i2t_r1: image-to-text R@1 (%)",
                 "choices": "variants ranked by mean selection-split top-1 over steps 2-4"}
-    eff = efficiency(rows)
-    summary = {"protocol": protocol, "rows": rows, "efficiency": eff,
-               "variants": variants}
+    eff = {**efficiency(rows), **paper_step_ratio(rows)}
+    protocol["step1_arch"] = args.step1_arch
+    summary = {"protocol": protocol, "rows": rows, "efficiency": eff, "variants": variants,
+               "headroom": json.loads(Path(args.headroom).read_text())["headroom"] if args.headroom else []}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     lines = ["# Growth at matched compute: generated tables (benchmarks/growth_pays.py)", ""] + method_table(rows)
     lines += ["", f"Efficiency (paper's Table 7 row at this scale): {json.dumps(eff)}", ""]

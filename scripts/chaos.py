@@ -187,7 +187,7 @@ def _alive(pid: int) -> bool:
 def run_step(args, run: Path, step: int, pending: list[Fault], rng, log) -> tuple[int, int, float]:
     """Step ``step`` to its end, its faults (``pending``, taken from the front) each struck on its own attempt;
     faults left when the step finishes stay in ``pending``; (reruns, injected, wall s)."""
-    reruns, injected, t0 = 0, 0, time.monotonic()
+    reruns, injected, t0, fails = 0, 0, time.monotonic(), []
     while True:
         fault = pending.pop(0) if pending else None
         env = local_env(DS_ACCELERATOR="cpu", OMP_NUM_THREADS=str(args.threads))
@@ -208,6 +208,10 @@ def run_step(args, run: Path, step: int, pending: list[Fault], rng, log) -> tupl
         if finished and rc == 0:
             return reruns, injected, time.monotonic() - t0
         reruns += 1
+        fails.append(rc)
+        if len(fails) >= 4 and len(set(fails[-4:])) == 1 and rc != 0 and not pending:
+            raise SystemExit(f"[chaos] step {step}: stuck, the last 4 reruns failed alike (exit {rc}): a failure the "
+                             f"run cannot recover from; see {log.name}")
         if reruns > args.max_reruns:
             raise SystemExit(f"[chaos] step {step}: still not finished after {reruns} reruns (last exit {rc}); "
                              f"see {log.name}")

@@ -100,6 +100,13 @@ def test_tampered_pickle_is_refused_before_unpickling(tmp_path, monkeypatch):
     del doc["key_id"]                                       # a forger dropping the id: still refused
     man.write_text(json.dumps(doc))
     assert "not signed with this machine's checkpoint key" in checkpoint.verify(tmp_path / "fresh" / "global_step1")
+    # a byte of the manifest flipped into one that is not UTF-8 (scripts/chaos.py found every rerun crashing on it):
+    # refused like any unreadable manifest, its key id unknown, and the checkpoint before it used
+    raw = bytearray((ckpt / "global_step2" / checkpoint.MANIFEST).read_bytes())
+    raw[len(raw) // 2] = 0x9E
+    (ckpt / "global_step2" / checkpoint.MANIFEST).write_bytes(bytes(raw))
+    assert checkpoint.verify(ckpt / "global_step2").endswith("is unreadable")
+    assert checkpoint.manifest_key_id(ckpt / "global_step2") is None
 
 
 def test_skipped_fraction_is_reported_and_warned_above_the_rate(capsys):

@@ -61,7 +61,7 @@ def manifest_key_id(folder: Path) -> str | None:
     """The key id a checkpoint's manifest records (None: no readable manifest, or one from before ids)."""
     try:
         return json.loads((Path(folder) / MANIFEST).read_text()).get("key_id")
-    except (OSError, json.JSONDecodeError, AttributeError):
+    except (OSError, ValueError, AttributeError):   # ValueError: bad JSON or bytes that are not UTF-8
         return None
 
 
@@ -117,7 +117,7 @@ def verify(folder: Path) -> str | None:
     try:
         doc = json.loads(man.read_text())
         body = {k: doc[k] for k in ("tag", "meta", "files") + (("key_id",) if "key_id" in doc else ())}
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):   # ValueError: bad JSON or bytes that are not UTF-8
         return f"{man} is unreadable"
     k = signing.key()
     if doc.get("key_id") not in (None, signing.key_id(k)):
@@ -155,7 +155,7 @@ def resign(folder: Path) -> str:
     try:
         doc = json.loads((folder / MANIFEST).read_text())
         listed, tag, meta = doc["files"], doc["tag"], doc["meta"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{folder / MANIFEST}: no readable manifest ({e}); only a saved checkpoint can be re-signed")
     if tag != folder.name:
         raise CheckpointError(f"{folder}: its manifest was written for {tag!r}; rename it back before re-signing")

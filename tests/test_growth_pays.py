@@ -1,0 +1,23 @@
+"""benchmarks/growth_pays.py's efficiency figures, against hand computations on made-up rows."""
+from benchmarks.growth_pays import efficiency, paper_step_ratio
+
+
+def _rows(method, step_top1, seeds=(0, 1)):
+    return [{"method": method, "seed": s, "step": t, "top1_mean": q + (1 if s else -1), "tflops_cum": 2.0 * t,
+             "tflops_step": 2.0} for s in seeds for t, q in step_top1.items()]
+
+
+def test_paper_step_ratio_is_the_budget_fraction_where_growclip_reaches_tfs_chosen():
+    rows = _rows("growclip", {3: 50.0, 4: 60.0}) + _rows("tfs-chosen", {4: 57.5})
+    # mean over seeds: 50 at the start of step 4, 60 at its end; 57.5 is reached 3/4 of the way
+    assert paper_step_ratio(rows) == {"paper_step_ratio": 0.75, "paper_step_note": "linear between the step's two ends"}
+    below = paper_step_ratio(_rows("growclip", {3: 50.0, 4: 55.0}) + _rows("tfs-chosen", {4: 57.5}))
+    assert below["paper_step_ratio"] is None and "55.00" in below["paper_step_note"] and "57.50" in below["paper_step_note"]
+    assert paper_step_ratio(_rows("growclip", {3: 58.0, 4: 60.0}) + _rows("tfs-chosen", {4: 57.5}))["paper_step_ratio"] == 0.0
+
+
+def test_cumulative_ratio_crosses_the_growclip_curve():
+    # growclip: (2 TFLOP, 40), (4, 50), (6, 60); target 55 is crossed at 5 TFLOP; tfs-chosen's step 4 spends 2
+    rows = _rows("growclip", {1: 40.0, 2: 50.0, 3: 60.0}) + _rows("tfs-chosen", {3: 55.0})
+    eff = efficiency(rows)
+    assert eff["growclip_tflops_to_target"] == 5.0 and eff["tfs_chosen_quality_flops_ratio"] == 2.5
