@@ -223,13 +223,14 @@ def test_disk_full_on_one_rank_of_two_then_a_tampered_pickle(tiny_data, tmp_path
     victim = next((ckpt / "global_step2").glob("*optim_states.pt"))
     original, marker = victim.read_bytes(), tmp_path / "PWNED"
     victim.write_bytes(f"cos\nsystem\n(S'touch {marker}'\ntR.".encode().ljust(len(original), b" "))
-    said = []   # what resume runs on rank 0 before any DeepSpeed load (the launch path of this check)
-    with pytest.raises(checkpoint.CheckpointError, match="no valid checkpoint"):
-        checkpoint.pick_tag(ckpt, log=said.append)
-    assert "fails its keyed hash" in said[0] and not marker.exists()
     with pytest.raises(checkpoint.CheckpointError, match="refusing to load"):
         checkpoint.consolidated_state_dict(ckpt, "global_step2")
     assert not marker.exists()
-    victim.write_bytes(original)
-    launch(args, ranks=2)   # the resume after the failed save finishes from global_step2
-    assert (run / "step1" / "eval.json").exists()
+    said = []   # what resume runs on rank 0 before any DeepSpeed load (the launch path of this check)
+    assert checkpoint.pick_tag(ckpt, log=said.append) is None   # the only checkpoint is damaged: the phase restarts
+    assert "fails its keyed hash" in said[0] and "restarts from its initial weights" in said[-1]
+    moved = list((ckpt / checkpoint.REFUSED).glob("global_step2.*"))
+    assert len(moved) == 1 and next(moved[0].glob(victim.name)).read_bytes()[:3] == b"cos"   # kept, never loaded
+    assert not marker.exists() and checkpoint.latest_tag(ckpt) is None
+    launch(args, ranks=2)   # the same command: the phase trains again from its start and finishes
+    assert (run / "step1" / "eval.json").exists() and not marker.exists()

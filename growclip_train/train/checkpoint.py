@@ -35,8 +35,12 @@ class CheckpointError(RuntimeError):
 
 
 def latest_tag(ckpt_dir: Path) -> str | None:
+    """The tag ``latest`` names; None without one, or for one a damaged disk left unreadable."""
     f = Path(ckpt_dir) / "latest"
-    return f.read_text().strip() if f.exists() else None
+    try:
+        return f.read_text().strip() if f.exists() else None
+    except UnicodeDecodeError:
+        return None
 
 
 def _files(folder: Path) -> list[Path]:
@@ -175,11 +179,18 @@ def read_meta(folder: Path) -> dict:
     return json.loads((folder / MANIFEST).read_text())["meta"]
 
 
+KEY_MISMATCH = ("signed with another checkpoint key", "not signed with this machine's checkpoint key")
+
+
 def pick_tag(ckpt_dir: Path, log=print) -> str | None:
     """The newest valid checkpoint: ``latest`` if it verifies, else the previous ones in turn.
     Each refused checkpoint is reported with the reason; when an older one is taken instead, the
     refused ones are moved aside (``set_aside``) so that the phase can save those steps again.
-    None if there is no checkpoint at all."""
+    None if there is no checkpoint at all, or if every one is damaged (corrupt, cut short, unreadable):
+    those are moved aside too and the phase restarts from its initial weights, which it derives again
+    exactly (a requeued job would otherwise fail on every start; scripts/chaos.py found it). Checkpoints
+    signed with another key stop the start instead: they are likely good, and ``checkpoint resign``
+    keeps their work."""
     ckpt_dir = Path(ckpt_dir)
     tags = cadence.step_tags(ckpt_dir)[::-1]
     latest = latest_tag(ckpt_dir)
@@ -194,15 +205,20 @@ def pick_tag(ckpt_dir: Path, log=print) -> str | None:
             return tag
         refused.append((tag, why))
         log(f"[growclip_ds] refusing checkpoint {ckpt_dir / tag}: {why}")
-    if refused:
+    if any(k in why for _, why in refused for k in KEY_MISMATCH):
         raise CheckpointError(f"{ckpt_dir}: no valid checkpoint ({'; '.join(w for _, w in refused)}); "
-                              "delete the folder to restart the phase from its initial weights")
+                              "re-sign the ones you trust (growclip-ds checkpoint resign), or move the folder "
+                              "aside to restart the phase from its initial weights")
+    if refused:
+        set_aside(ckpt_dir, [t for t, _ in refused], None, log)
+        log("[growclip_ds] no checkpoint of the phase verifies: it restarts from its initial weights")
     return None
 
 
-def set_aside(ckpt_dir: Path, tags: list[str], latest: str, log=print) -> Path:
+def set_aside(ckpt_dir: Path, tags: list[str], latest: str | None, log=print) -> Path:
     """Move refused checkpoints (and their universal conversions) to ``<ckpt_dir>/refused/`` and
-    point ``latest`` at the one resumed: nothing is deleted, and training can save those steps anew."""
+    point ``latest`` at the one resumed (None: none, the phase restarts): nothing is deleted, and training
+    can save those steps anew."""
     dest = Path(ckpt_dir) / REFUSED
     dest.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -210,9 +226,12 @@ def set_aside(ckpt_dir: Path, tags: list[str], latest: str, log=print) -> Path:
         for src in (Path(ckpt_dir) / tag, Path(ckpt_dir) / f"{tag}_universal"):
             if src.exists():
                 os.replace(src, dest / f"{src.name}.{stamp}")
-    atomic_write_text(Path(ckpt_dir) / "latest", latest)
+    if latest is None:
+        (Path(ckpt_dir) / "latest").unlink(missing_ok=True)
+    else:
+        atomic_write_text(Path(ckpt_dir) / "latest", latest)
     log(f"[growclip_ds] moved the refused checkpoint(s) {', '.join(tags)} to {dest} (kept for inspection; "
-        f"delete them when done); `latest` is now {latest}")
+        f"delete them when done); `latest` is now {latest or 'gone'}")
     return dest
 
 
