@@ -98,6 +98,7 @@ class LaunchPlan:
     todo: list             # the phases of the growth step still to run, in order
     data: dict             # the data fingerprint the ranks compare
     key_id: str            # the checkpoint key's id
+    candidate: int | None = None   # --candidate, or growth.plan's for this step (None: GAS chooses)
 
 
 def lost_peer(e: BaseException) -> bool:
@@ -137,7 +138,11 @@ def check(args, lock) -> LaunchPlan:
         raise ConfigError(f"--ablate/--candidate: only for --method growclip (got {args.method})")
     if args.candidate is not None and not 0 <= args.candidate < NUM_CANDIDATES:
         raise ConfigError(f"--candidate: must be in 0..{NUM_CANDIDATES - 1} (got {args.candidate})")
-    phases = phases_for(args.step, ablate, args.method, args.candidate)
+    candidate = args.candidate
+    if candidate is None and methods.get(args.method).init == methods.Init.GROW and args.step > 1:
+        candidate = cfg.growth.planned(args.step)   # growth.plan: this step grows into a fixed net, no search
+    grow_ablate = ablate | ({"st"} if candidate is not None and args.candidate is None else set())
+    phases = phases_for(args.step, grow_ablate, args.method, candidate)
     if args.phase and args.phase not in phases:
         raise ConfigError(f"--phase: step {args.step} has phases {phases} (got {args.phase!r})")
     run = RunDir(default_run_dir(cfg, args.run_dir))
@@ -150,14 +155,14 @@ def check(args, lock) -> LaunchPlan:
         raise ConfigError(f"--step {args.step}: step {args.step - 1} of {run} is not finished "
                           f"({run.step(args.step - 1).eval_file} missing); run it first")
     cfg = pin_tokenizer(cfg, run)   # the run's own tokenizer copy: one vocabulary from step 1 on
-    todo = pending_phases(run, args.step, ablate, args.method, args.candidate)
+    todo = pending_phases(run, args.step, grow_ablate, args.method, candidate)
     if args.phase and args.phase not in todo:
         raise ConfigError(f"--phase {args.phase}: step {args.step}'s {args.phase} phase is finished "
                           f"({run.step(args.step).phase(args.phase).done_file}); running it again would overwrite "
                           f"its results. To redo it, move {run.step(args.step).phase(args.phase).path} aside first")
     todo = [args.phase] if args.phase else todo
     data = provenance.check_resume(cfg, run.step(args.step), args.step, args.allow_config_change, writer) if todo else {}
-    return LaunchPlan(cfg, run, ablate, todo, data, kid)
+    return LaunchPlan(cfg, run, grow_ablate, todo, data, kid, candidate)
 
 
 def check_key(run, step: int) -> str:
@@ -270,7 +275,7 @@ def _main(args, lock) -> int:
         init_distributed(plan.cfg.train.collective_timeout_s)   # a peer missing from the rendezvous: lost_peer too
         provenance.check_ranks_agree(provenance.agreement(plan.cfg, plan.data, plan.key_id))   # after init: faults see the rank
         res = run_phase_of_step(plan.cfg, args.step, plan.run.path, plan.todo[0], plan.ablate, progress=not args.no_progress,
-                                stop_after=args.stop_after_iterations, method=args.method, candidate=args.candidate)
+                                stop_after=args.stop_after_iterations, method=args.method, candidate=plan.candidate)
     except ConfigError as e:      # raised on every rank (the ranks compared their views)
         log.error(f"config error: {e}")
         leave_group()

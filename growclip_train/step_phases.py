@@ -88,8 +88,11 @@ def step_costs(cfg: RunConfig, t: int, prev: ArchConfig | None, n_t: float, chos
     g = cfg.growth
     sup, cands = space.supernet(prev, g), space.candidates(prev, g)
     each = [fl(c) for c in cands]
+    planned = g.planned(t)   # growth.plan: a fixed net, no supernet phases and no search
+    if planned is not None:
+        ablate, chosen = set(ablate) | {"st"}, chosen or cands[planned]
     out = []
-    for p in growth_phases(ablate):
+    for p in growth_phases(ablate, planned):
         if p == "gas":
             out.append(PhaseCost("gas", None, 1, gas_flops(prev, cfg, gas_images, gas_texts)))
             continue

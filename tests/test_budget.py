@@ -130,3 +130,23 @@ def test_demo_stem_and_final_norm_choices():
     x = torch.randn(2, cfg.arch.stem_channels, 8, 8)
     layer = m.image.stem_layers[0]
     assert torch.equal(layer(x), torch.relu(layer.norm(layer.conv(x))))   # plain, no residual path
+
+
+def test_a_growth_plan_trains_only_the_planned_net():
+    """growth.plan "0,18": step 2 keeps the net, step 3 grows image and text heads (bits 1 and 4), each without
+    supernet phases or search: one phase, which gets the step's whole FLOP budget (train.match=flops)."""
+    from growclip_ds.config import ConfigError
+    from growclip_train.step_phases import step_costs
+
+    cfg = load_config("tiny", ["growth.plan=0,18", "train.match=flops"])
+    assert [cfg.growth.planned(t) for t in (1, 2, 3, 4)] == [None, 0, 18, None]     # step 4: GAS, as the paper
+    prev = cfg.arch
+    (c2,) = step_costs(cfg, 2, prev, 256)
+    (c3,) = step_costs(cfg, 3, prev, 384)
+    grown = space.candidate(prev, cfg.growth, 18)
+    assert (c2.phase, c2.arch, c3.phase, c3.arch) == ("final", prev, "final", grown)
+    assert (grown.img_heads, grown.txt_heads, grown.img_blocks) == (prev.img_heads + 1, prev.txt_heads + 1, prev.img_blocks)
+    assert growth_shares(cfg, [c3.phase]) == {"final": 1.0}
+    assert [c.phase for c in step_costs(cfg, 4, prev, 512)] == ["supernet", "sample", "gas", "final"]
+    with pytest.raises(ConfigError, match="growth.plan"):
+        load_config("tiny", ["growth.plan=0,64"])
