@@ -127,6 +127,30 @@ def paper_step_ratio(rows: list[dict]) -> dict:
     return {"paper_step_ratio": round(ratio, 3), "paper_step_note": "linear between the step's two ends"}
 
 
+def efficiency_vs_headroom(rows: list[dict], headroom: list[dict], arch: str) -> dict:
+    """Both accountings on the selection split, with the from-scratch reference taken from the headroom map:
+    ``arch`` (the architecture GrowCLIP ends with) trained on D^T at the step's FLOP budget (match=flops), over
+    its seeds. Paper's: the fraction of the last step's budget GrowCLIP needs to reach it (linear between the
+    step's two ends); cumulative: GrowCLIP's FLOPs over steps 1..T to reach it, over the reference's FLOPs."""
+    last = max(r["step"] for r in rows if r["method"] == "growclip")
+    ref = [h for h in headroom if h["arch"] == arch and h["match"] == "flops" and h["data_step"] == last]
+    if not ref:
+        return {"reference": None, "why": f"no headroom rows for {arch} at D^{last}, match=flops"}
+    target = statistics.fmean(h["top1_mean"] for h in ref)
+    ref_tflops = statistics.fmean(h["tflops"] for h in ref)
+    g = [r for r in rows if r["method"] == "growclip" and "selection_top1" in r]
+    sel, fl = aggregate(g, "selection_top1"), aggregate(g, "tflops_cum")
+    curve = sorted((fl[k]["mean"], sel[k]["mean"]) for k in sel)
+    need = crossing_flops(curve, target)
+    start, end = sel[("growclip", last - 1)]["mean"], sel[("growclip", last)]["mean"]
+    step_ratio = None if end < target else (0.0 if start >= target else (target - start) / (end - start))
+    return {"reference": f"{arch} from scratch on D^{last} at equal FLOPs (headroom map, {len(ref)} runs)",
+            "reference_selection_top1": round(target, 2), "reference_tflops": round(ref_tflops, 4),
+            "growclip_selection_top1_last": round(end, 2),
+            "paper_step_ratio_selection": None if step_ratio is None else round(step_ratio, 3),
+            "cumulative_ratio_selection": None if need is None else round(need / ref_tflops, 3)}
+
+
 def variant_table(variants: dict[str, list[dict]]) -> list[str]:
     common = set.intersection(*({r["step"] for r in rows} for rows in variants.values()))
     variants = {k: [r for r in rows if r["step"] in common] for k, rows in variants.items()}   # compare like with like
@@ -200,6 +224,9 @@ def main() -> int:
     ap.add_argument("--headroom", default="", metavar="SUMMARY",
                     help="a benchmarks/headroom.py summary.json whose headroom rows this summary carries")
     ap.add_argument("--step1-arch", default="base", help="the headroom rows' name of the step-1 net")
+    ap.add_argument("--chosen-arch", default="", help="the headroom rows' name of GrowCLIP's last architecture: "
+                    "efficiency on the selection split against it from scratch (no tfs-chosen run needed)")
+    ap.add_argument("--corpus", default="v2", help="the headroom rows' corpus the runs trained on")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     prev = json.loads(Path(args.previous).read_text()) if args.previous else {"rows": [], "variants": {}}
@@ -223,8 +250,14 @@ def main() -> int:
                 "choices": "variants ranked by mean selection-split top-1 over steps 2-4"}
     eff = {**efficiency(rows), **paper_step_ratio(rows)}
     protocol["step1_arch"] = args.step1_arch
-    summary = {"protocol": protocol, "rows": rows, "efficiency": eff, "variants": variants,
-               "headroom": json.loads(Path(args.headroom).read_text())["headroom"] if args.headroom else []}
+    headroom = json.loads(Path(args.headroom).read_text())["headroom"] if args.headroom else []
+    if headroom and args.chosen_arch:
+        eff["selection_split"] = efficiency_vs_headroom(rows, [h for h in headroom if h.get("corpus") == args.corpus],
+                                                        args.chosen_arch)
+        if eff.get("paper_step_ratio") is None:
+            eff["paper_step_ratio"] = eff["selection_split"].get("paper_step_ratio_selection")
+            eff["paper_step_note"] = f"selection split, against {eff['selection_split']['reference']}"
+    summary = {"protocol": protocol, "rows": rows, "efficiency": eff, "variants": variants, "headroom": headroom}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     lines = ["# Growth at matched compute: generated tables (benchmarks/growth_pays.py)", ""] + method_table(rows)
     lines += ["", f"Efficiency (paper's Table 7 row at this scale): {json.dumps(eff)}", ""]

@@ -35,9 +35,9 @@ PRESETS: dict[str, RunConfig] = {
     # phase epochs are scaled down so that 4 steps fit the budget; alpha is 0.05: at this scale
     # candidates differ by a few points of accuracy, which alpha=0.5's size term (0.1-0.4) would swamp;
     # growth is function-preserving (growth.inherit=preserve): chosen on the selection split against the
-    # paper's PIM (docs/growth.md: mean top-1 at step 4 77.1 vs 47.6). GAS is compute-aware (growth.select=compute,
-    # kappa 0.1): the best of 6 recipes at matched compute on the selection split, 3 seeds
-    # (docs/results/growth_pays_cpu2_2026-11-30 and -12-04). For inherit=pim the preset keeps
+    # paper's PIM (docs/growth.md: mean top-1 at step 4 77.1 vs 47.6). Where growth.plan says "gas", GAS is
+    # compute-aware (growth.select=compute, kappa 0.1): the best of 6 GAS recipes at matched compute on corpus v1's
+    # selection split, 3 seeds (docs/results/growth_pays_cpu2_2026-11-30 and -12-04). For inherit=pim the preset keeps
     # beta=0.7 on weights only: beta=0.3 on every tensor collapses these narrow models to uniform logits.
     "demo": RunConfig(
         name="demo", arch=_DEMO_ARCH,
@@ -48,9 +48,14 @@ PRESETS: dict[str, RunConfig] = {
         # written together) in one batch of 128 (data/scenes_v2.py), so that the loss needs what the scenes
         # hold (docs/results/headroom_cpu2_2026-12-07 section 2: the pilots with and without families)
         data=DataConfig(root="data/builtin", samples_per_step=3072, shard_size=256, num_workers=1, shuffle_buffer=32),
-        growth=GrowthConfig(delta_img_blocks=1, delta_img_heads=2, delta_conv_layers=0,
-                            delta_txt_blocks=1, delta_txt_heads=2, delta_shared_blocks=1, alpha=0.05,
-                            select="compute", compute_penalty=0.1,
+        # growth.plan "0,0,18": steps 2-3 keep the net, step 4 grows image and text towers from 4 to 8 heads
+        # (998,785 parameters), function-preserving, without supernet phases or search: the best of 4 recipes on
+        # corpus v2's selection split at matched compute, 3 seeds, where GAS's search cost more than it found
+        # (docs/results/growth_v2_cpu2_2026-12-07); 8 heads is the size the headroom map favours at D^4 (+8.8
+        # from scratch), and it is grown where the map shows headroom (D^4), not at D^1-D^3
+        growth=GrowthConfig(delta_img_blocks=1, delta_img_heads=4, delta_conv_layers=0,
+                            delta_txt_blocks=1, delta_txt_heads=4, delta_shared_blocks=1, alpha=0.05,
+                            select="compute", compute_penalty=0.1, plan="0,0,18",
                             beta=0.7, pim_scope="weights", inherit="preserve",
                             supernet_epochs=0.5, sample_epochs=0.5, final_epochs=4.0, check_every=10)),
     "paper": RunConfig(name="paper", arch=ArchConfig()),

@@ -10,6 +10,8 @@ import sys
 
 import torch
 
+import growclip_train  # noqa: F401  (the application points DeepSpeed's JIT ops at the venv's prebuilt folder)
+
 STEPS, BATCH, LR, WD = 20, 12, 0.02, 0.1
 N, D_IN, D = 6, 5, 4  # the loss check: per-rank batch, input dim, feature dim
 

@@ -82,3 +82,19 @@ def test_log_goes_to_rank_0_at_its_level_and_to_every_rank_when_asked(monkeypatc
     assert capsys.readouterr().out == ""
     monkeypatch.delenv("GROWCLIP_LOG_LEVEL")
     logmod.setup()
+
+
+def test_eval_and_plan_read_the_config_the_run_recorded(step1_run, tiny_data, capsys):
+    """A run on its own data root (not the demo's data/builtin): ``eval`` and ``plan`` without --config read
+    that root, and eval gives the eval.json 2 ranks wrote; an explicit --config is said on stderr."""
+    step = step1_run / "step1"
+    assert cli.main(["eval", str(step)]) == 0
+    got, want = json.loads(capsys.readouterr().out), json.loads((step / "eval.json").read_text())
+    assert got["zero_shot"].keys() == want["zero_shot"].keys()
+    for name, task in want["zero_shot"].items():
+        assert got["zero_shot"][name]["top1"] == pytest.approx(task["top1"], abs=1e-6)
+    assert got["retrieval"]["image_to_text"] == pytest.approx(want["retrieval"]["image_to_text"], abs=1e-6)
+    assert cli.main(["plan", str(step1_run)]) == 0
+    assert f"N^2 = {Manifest.load(tiny_data).num_samples(2):,} samples" in capsys.readouterr().out
+    assert cli.main(["plan", str(step1_run), "--config", "tiny", "--set", f"data.root={tiny_data}"]) == 0
+    assert "--config tiny replaces the config" in capsys.readouterr().err

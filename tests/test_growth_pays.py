@@ -21,3 +21,17 @@ def test_cumulative_ratio_crosses_the_growclip_curve():
     rows = _rows("growclip", {1: 40.0, 2: 50.0, 3: 60.0}) + _rows("tfs-chosen", {3: 55.0})
     eff = efficiency(rows)
     assert eff["growclip_tflops_to_target"] == 5.0 and eff["tfs_chosen_quality_flops_ratio"] == 2.5
+
+
+def test_efficiency_against_the_headroom_maps_from_scratch_run():
+    from benchmarks.growth_pays import efficiency_vs_headroom
+
+    rows = [{"method": "growclip", "seed": 0, "step": t, "selection_top1": q, "tflops_cum": c}
+            for t, q, c in ((1, 30.0, 1.0), (2, 40.0, 3.0), (3, 50.0, 6.0), (4, 60.0, 10.0))]
+    headroom = [{"arch": "wider", "match": "flops", "data_step": 4, "top1_mean": q, "tflops": 4.0} for q in (56.0, 58.0)]
+    eff = efficiency_vs_headroom(rows, headroom + [{"arch": "wider", "match": "samples", "data_step": 4,
+                                                    "top1_mean": 99.0, "tflops": 9.0}], "wider")
+    # target 57 (mean of the two equal-FLOPs runs): 70% of the way from step 3 (50) to step 4 (60); reached at
+    # 6 + 0.7 x 4 = 8.8 cumulative TFLOP, 2.2 x the reference's 4
+    assert eff["reference_selection_top1"] == 57.0 and eff["paper_step_ratio_selection"] == 0.7
+    assert eff["cumulative_ratio_selection"] == 2.2
