@@ -63,9 +63,8 @@ def test_log_goes_to_rank_0_at_its_level_and_to_every_rank_when_asked(monkeypatc
     prefixes each line with the rank; the settings reach launched ranks through the environment."""
     from growclip_train import log as logmod
 
-    for k in ("GROWCLIP_LOG_LEVEL", "GROWCLIP_LOG_RANKS"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("RANK", "1")
+    for k, v in (("GROWCLIP_LOG_LEVEL", "INFO"), ("GROWCLIP_LOG_RANKS", "0"), ("RANK", "1")):
+        monkeypatch.setenv(k, v)          # each restored after the test (setup() below writes the first two)
     logmod.setup()
     logmod.log.info("quiet")
     logmod.log.warning("heard")
@@ -75,13 +74,13 @@ def test_log_goes_to_rank_0_at_its_level_and_to_every_rank_when_asked(monkeypatc
     logmod.log.debug("detail")
     assert capsys.readouterr().out == "[growclip_ds rank 1] detail\n"
     assert (os.environ["GROWCLIP_LOG_LEVEL"], os.environ["GROWCLIP_LOG_RANKS"]) == ("DEBUG", "1")
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.delenv("GROWCLIP_LOG_RANKS")
+    for k, v in (("RANK", "0"), ("GROWCLIP_LOG_RANKS", "0")):
+        monkeypatch.setenv(k, v)
     logmod.setup("WARNING")
     logmod.log.info("hidden")
     assert capsys.readouterr().out == ""
-    monkeypatch.delenv("GROWCLIP_LOG_LEVEL")
-    logmod.setup()
+    monkeypatch.setenv("GROWCLIP_LOG_LEVEL", "INFO")
+    logmod.setup()                        # the logger as a fresh process has it, for the tests after this one
 
 
 def test_eval_and_plan_read_the_config_the_run_recorded(step1_run, tiny_data, capsys):
