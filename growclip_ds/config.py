@@ -186,9 +186,12 @@ class GrowthConfig:
                                       # inherited from the step t-1 model); "" = gas at every step. E.g. "0,0,18":
                                       # no growth at steps 2-3, image and text heads grown at step 4
 
+    def plan_items(self) -> list[str]:
+        return [x.strip() for x in self.plan.split(",")] if self.plan else []
+
     def planned(self, step: int) -> int | None:
         """The candidate growth step ``step`` grows into without search, or None (GAS chooses)."""
-        items = [x.strip() for x in self.plan.split(",")] if self.plan else []
+        items = self.plan_items()
         k = step - 2
         return int(items[k]) if 0 <= k < len(items) and items[k] != "gas" else None
 
@@ -212,7 +215,7 @@ class GrowthConfig:
         for f in ("supernet_epochs", "sample_epochs", "final_epochs"):
             _check(getattr(self, f) > 0, f"{prefix}.{f}", "must be > 0", getattr(self, f))
         _check(self.check_every >= 1, f"{prefix}.check_every", "must be >= 1", self.check_every)
-        items = [x.strip() for x in self.plan.split(",")] if self.plan else []
+        items = self.plan_items()
         _check(all(x == "gas" or (x.isdigit() and int(x) < 64) for x in items), f"{prefix}.plan",
                "must be a comma list of 'gas' or candidate indices 0..63, one per growth step from step 2", self.plan)
         return self

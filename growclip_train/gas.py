@@ -14,7 +14,8 @@ selection split's classification sets, or mean R@1 over its retrieval sets when 
 text heads, shared blocks, image heads: the shared width is the image width), so 16 image and 16
 text encoder passes score all 64 candidates. A growth delta of 0 makes indices the same net (the demo's
 ``delta_conv_layers=0``: 0 and 4, 8 and 12, ...): each distinct net and encoder variant is scored once,
-and the 64-row table keeps the paper's indices, a duplicate's row marked ``same_as`` its lowest index. The 32 passes are spread over all ranks; each finished variant is saved under the ``gas`` phase folder
+and the 64-row table keeps the paper's indices, a duplicate's row marked ``same_as`` its lowest index.
+The 32 passes are spread over all ranks; each finished variant is saved under the ``gas`` phase folder
 and each score appended to the step's score file (``rundir``) as soon as it is known, so a restarted
 GAS redoes neither.
 """
