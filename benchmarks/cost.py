@@ -24,7 +24,7 @@ from growclip_ds.config import replace  # noqa: E402
 from growclip_ds.growth import space  # noqa: E402
 from growclip_ds.model import param_count  # noqa: E402
 from growclip_ds.model.flops import forward_flops  # noqa: E402
-from growclip_ds.presets import PRESETS  # noqa: E402
+from growclip_train.presets import PRESETS  # noqa: E402
 from growclip_train.plan_cluster import PAPER_PARAMS, TABLE7, growth_path, nearest_candidate  # noqa: E402
 from growclip_train.step_phases import step_costs  # noqa: E402
 

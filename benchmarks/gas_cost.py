@@ -34,7 +34,7 @@ def main() -> None:
     from growclip_ds.eval.evaluate import selection_sets
     from growclip_ds.growth import space
     from growclip_ds.model import GrowCLIP, param_count
-    from growclip_ds.presets import load_config
+    from growclip_train.presets import load_config
     from growclip_train.gas import read_scores, run_gas, score_each_candidate
     from growclip_train.rundir import StepDir
 

@@ -39,7 +39,7 @@ from growclip_ds.data.manifest import Manifest, ShardEntry  # noqa: E402
 from growclip_ds.eval.sets import EVAL_DIR  # noqa: E402
 from growclip_ds.model.clip import param_count  # noqa: E402
 from growclip_ds.model.flops import train_flops  # noqa: E402
-from growclip_ds.presets import load_config  # noqa: E402
+from growclip_train.presets import load_config  # noqa: E402
 from growclip_train.local_launch import free_port, local_command, local_env  # noqa: E402
 from growclip_train.rundir import RunDir  # noqa: E402
 

@@ -32,7 +32,7 @@ def worker(args) -> None:
 
     from growclip_ds.loss import clip_loss
     from growclip_ds.model import GrowCLIP
-    from growclip_ds.presets import load_config
+    from growclip_train.presets import load_config
     from growclip_train.train.engine import build_ds_config, param_groups
     from growclip_train.train.lamb import PartitionedLamb, attach_to_engine
 

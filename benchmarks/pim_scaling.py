@@ -43,7 +43,7 @@ def child(head_dim: int, tmp: Path) -> dict:
     from growclip_ds.growth import space
     from growclip_ds.growth.pim import pim
     from growclip_ds.model import GrowCLIP, param_count
-    from growclip_ds.presets import load_config
+    from growclip_train.presets import load_config
     from growclip_train.rundir import GROWTHS, RunDir
     from growclip_train.train.engine import build_engine
 

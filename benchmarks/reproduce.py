@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import REPO, machine  # noqa: E402
 from growclip_ds.eval.sets import list_sets  # noqa: E402
 from growclip_ds.growth.space import FACTORS  # noqa: E402
-from growclip_ds.presets import load_config  # noqa: E402
+from growclip_train.presets import load_config  # noqa: E402
 from growclip_train.compare import TABLE5  # noqa: E402
 from growclip_train.local_launch import local_command, local_env  # noqa: E402
 from growclip_train.methods import RECIPES  # noqa: E402

@@ -156,7 +156,7 @@ def worker(args) -> None:
     from growclip_ds.loss import clip_loss
     from growclip_ds.model import GrowCLIP, param_count
     from growclip_ds.model.flops import hardware_train_flops, train_flops
-    from growclip_ds.presets import load_config
+    from growclip_train.presets import load_config
     from growclip_train.accelerator import on_cpu
     from growclip_train.train.engine import build_engine
 

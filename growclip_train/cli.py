@@ -28,7 +28,7 @@ import growclip_ds
 from growclip_ds.data.manifest import MANIFEST
 from growclip_ds.errors import USER_ERRORS, InputError
 from growclip_ds.fileio import atomic_write_text
-from growclip_ds.presets import load_config
+from growclip_train.presets import load_config
 from growclip_train import exit_codes
 from growclip_train.local_launch import local_command, local_env
 from growclip_train.log import add_arguments as add_log_arguments, setup as setup_log

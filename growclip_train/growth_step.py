@@ -9,7 +9,8 @@ import time
 import torch
 
 from growclip_ds import model_folder
-from growclip_ds.config import ArchConfig, RunConfig
+from growclip_ds.config import ArchConfig
+from growclip_train.config import RunConfig
 from growclip_ds.data.manifest import Manifest
 from growclip_ds.data.tokenizer import load_tokenizer
 from growclip_ds.distributed import rank_world

@@ -116,7 +116,7 @@ def check(args, lock) -> LaunchPlan:
     from growclip_ds.data.manifest import Manifest
     from growclip_ds.eval.sets import list_sets
     from growclip_ds.growth.space import NUM_CANDIDATES
-    from growclip_ds.presets import load_config
+    from growclip_train.presets import load_config
     from growclip_train import methods, provenance
     from growclip_train.phases import pending_phases, phases_for
     from growclip_train.step_phases import ABLATIONS

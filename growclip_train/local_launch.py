@@ -38,7 +38,7 @@ def local_command(target: list[str], ranks: int, port: int | None = None, launch
             raise ValueError(f"launcher 'python' starts one rank (got ranks={ranks}): use torchrun or deepspeed")
         return [sys.executable, *target]
     head = (["-m", "deepspeed.launcher.runner", "--num_accelerators"] if launcher == "deepspeed"
-            else ["-m", "torch.distributed.run", "--nproc_per_node"])
+            else ["-m", "growclip_train.torchrun", "--nproc_per_node"])
     tail = ["--module", *target[1:]] if target[:1] == ["-m"] else target
     return [sys.executable, *head, str(ranks), "--master_port", str(port or free_port()), *tail]
 

@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 from growclip_ds import model_folder
-from growclip_ds.config import ConfigError, RunConfig
+from growclip_ds.config import ConfigError
+from growclip_train.config import RunConfig
 from growclip_ds.data.manifest import Manifest
 from growclip_ds.data.mixture import replay_mixture
 from growclip_ds.distributed import rank_world

@@ -36,7 +36,9 @@ from dataclasses import dataclass
 
 import torch
 
-from growclip_ds.config import ArchConfig, RunConfig
+from growclip_ds.config import ArchConfig
+
+from growclip_train.config import RunConfig
 from growclip_ds.errors import InputError
 from growclip_ds.growth import space
 from growclip_ds.model import GrowCLIP, param_count

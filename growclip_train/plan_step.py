@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from growclip_ds.config import RunConfig
+from growclip_train.config import RunConfig
 from growclip_ds.data.manifest import Manifest
 from growclip_ds.eval.evaluate import selection_sets
 from growclip_ds.growth import space

@@ -113,7 +113,7 @@ def run_env(grow_args: list[str]) -> dict[str, str]:
     ``--run-dir=X``, ``--run-dir X`` and a preset's default name all agree with the launcher), and
     the number of growth steps of its data (the manifest's, else the config's)."""
     from growclip_ds.data.manifest import MANIFEST, Manifest
-    from growclip_ds.presets import load_config
+    from growclip_train.presets import load_config
     from growclip_train.launch import parse_args
     from growclip_train.rundir import default_run_dir
 

@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from growclip_ds.config import ArchConfig, RunConfig, replace
-from growclip_ds.presets import load_config
+from growclip_ds.config import ArchConfig, replace
+
+from growclip_train.config import RunConfig
+from growclip_train.presets import load_config
 from growclip_train.rundir import CONFIG, RunDir
 
 

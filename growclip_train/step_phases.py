@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from growclip_ds.config import ArchConfig, RunConfig
+from growclip_ds.config import ArchConfig
+
+from growclip_train.config import RunConfig
 from growclip_ds.growth import space
 from growclip_ds.model.flops import hardware_train_flops, image_flops, text_flops
 from growclip_train.rundir import PIM1, PIM3

@@ -88,7 +88,7 @@ def rank_pids(run: Path) -> dict[int, int]:
         except OSError:
             continue
         if any(c.endswith(b"grow.py") for c in cmd) and str(run).encode() in cmd and \
-                not any(b"torch.distributed.run" in c for c in cmd):
+                not any(b"torch.distributed.run" in c or b"growclip_train.torchrun" in c for c in cmd):
             rank = next((int(e.split(b"=", 1)[1]) for e in env if e.startswith(b"LOCAL_RANK=")), 0)
             out[rank] = int(proc.name)
     return out

@@ -2,9 +2,7 @@
 run (by whichever pytest-xdist worker asks first), and helpers to launch ranks."""
 from __future__ import annotations
 
-import inspect
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -28,31 +26,73 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get(
 from growclip_train.local_launch import free_port, local_command, local_env  # noqa: E402,F401 (free_port: for tests)
 
 
-# A test that starts processes (a launcher, ranks, a batch script, a wheel install), itself or through a
-# fixture, is marked `launch`; the quick tier is the rest: `pytest -m "not launch"` (no multi-rank start).
-_STARTS = re.compile(r"\b(launch|start|run_bounded|sbatch_as_bash|_two_nodes|_run)\(|torch\.distributed\.run")
+# A test that starts a launcher, ranks, a batch script or an install, itself or through a fixture, is marked
+# `launch`; the quick tier is the rest: `pytest -m "not launch"`. Tests say so with @pytest.mark.launch (or a
+# module's pytestmark), fixtures with @launches; a test that starts one of those commands unmarked fails (the
+# audit hook below sees every subprocess), so the quick tier cannot silently grow a launch.
+LAUNCH_PROGRAMS = {"deepspeed", "torchrun", "srun", "sbatch", "pip"}
+LAUNCH_MODULES = {"deepspeed.launcher.runner", "torch.distributed.run", "growclip_train.torchrun",
+                  "growclip_train.launch", "pip"}
+_started: list = []
+sys.addaudithook(lambda event, args: _started.append(args[1]) if event == "subprocess.Popen" else None)
 
 
-def _starts_processes(fn) -> bool:
-    try:
-        return bool(_STARTS.search(inspect.getsource(fn)))
-    except (OSError, TypeError):
-        return False
+def launches(fixture_fn):
+    """Declares that a fixture starts processes: every test that uses it is marked ``launch``."""
+    fixture_fn.launches = True
+    return fixture_fn
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark the tests that start processes ``launch``; run the files with the most of them first (under xdist,
+    """Mark ``launch`` the tests whose fixtures launch; run the files with the most launches first (under xdist,
     `--dist loadfile` hands out whole files in this order, so the longest come first, not last)."""
     for item in items:
         defs = getattr(item, "_fixtureinfo", None)
-        fns = [getattr(item, "function", None)] + [d.func for ds in (defs.name2fixturedefs.values() if defs else [])
-                                                    for d in ds]
-        if any(_starts_processes(f) for f in fns if f is not None):
+        if any(getattr(d.func, "launches", False) for ds in (defs.name2fixturedefs.values() if defs else [])
+               for d in ds):
             item.add_marker(pytest.mark.launch)
     launches = {}
     for item in items:
         launches[item.path] = launches.get(item.path, 0) + bool(item.get_closest_marker("launch"))
     items.sort(key=lambda item: -launches[item.path])   # stable: within a file, the written order
+
+
+def _is_launch(argv) -> bool:
+    """A launcher, ranks (launchers/grow.py), a batch script run (not ``bash -n``) or pip."""
+    a = [str(x) for x in (argv if isinstance(argv, (list, tuple)) else [argv])]
+    prog = Path(a[0]).name
+    if prog.startswith("python"):
+        return (a[a.index("-m") + 1] in LAUNCH_MODULES) if "-m" in a[:-1] else len(a) > 1 and a[1].endswith("grow.py")
+    if prog == "bash":
+        return len(a) > 1 and a[1].endswith(".sbatch")
+    return prog in LAUNCH_PROGRAMS
+
+
+def _unmarked_launch(item) -> str | None:
+    if item.get_closest_marker("launch"):
+        return None
+    cmd = next((" ".join(map(str, a)) for a in _started if _is_launch(a)), None)
+    return cmd and f"{item.nodeid} starts `{cmd[:200]}` but is not marked: add @pytest.mark.launch (or @launches " \
+                   f"on the fixture that starts it), so that the quick tier stays launch-free"
+
+
+def _refuse_unmarked_launches(item):
+    _started.clear()
+    outcome = yield
+    if (msg := _unmarked_launch(item)) and outcome.exception is None:
+        outcome.force_exception(pytest.fail.Exception(msg, pytrace=False))
+
+
+pytest_runtest_setup = pytest.hookimpl(hookwrapper=True)(_refuse_unmarked_launches)   # fixtures that start
+pytest_runtest_call = pytest.hookimpl(hookwrapper=True)(_refuse_unmarked_launches)    # the test itself
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    _started.clear()
+    outcome = yield
+    if (msg := _unmarked_launch(item)) and outcome.exception is None:
+        outcome.force_exception(pytest.fail.Exception(msg, pytrace=False))
 
 
 def shared(tmp_path_factory, name: str, build) -> Path:
@@ -82,7 +122,7 @@ def _checkpoint_key(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     from growclip_ds.data.builtin import make_builtin
-    from growclip_ds.presets import PRESETS
+    from growclip_train.presets import PRESETS
 
     cfg, d = PRESETS["tiny"], PRESETS["tiny"].data
     return shared(tmp_path_factory, "data", lambda p: make_builtin(
@@ -97,6 +137,7 @@ STEP1 = ["--step", "1", "--config", "tiny", "--set", "train.epochs=3", "--set", 
 
 
 @pytest.fixture(scope="session")
+@launches
 def step1_run(tiny_data, tmp_path_factory) -> Path:
     """Step 1 of the tiny config on 2 ranks (ZeRO-2, 3 epochs = 12 steps, every step logged, DeepSpeed's
     TensorBoard and CSV monitors): the reference run of test_training and the start of every growth test."""
@@ -105,6 +146,7 @@ def step1_run(tiny_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+@launches
 def grown_run(step1_run, tiny_data, tmp_path_factory) -> Path:
     """``step1_run``'s step 1, then growth step 2 on 2 ranks under ZeRO-3 (supernet, sample, GAS, final)."""
     def build(path):
@@ -116,6 +158,7 @@ def grown_run(step1_run, tiny_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+@launches
 def rank_checks(tmp_path_factory) -> dict:
     """tests/rank_worker.py's jobs, one torchrun launch per world size: LAMB under ZeRO (test_lamb) and the
     loss on 2 ranks (test_loss). Returns {job: its output file}."""

@@ -11,7 +11,7 @@ from growclip_ds.config import replace
 from growclip_ds.growth import space
 from growclip_ds.model import param_count
 from growclip_ds.model.flops import train_flops
-from growclip_ds.presets import load_config
+from growclip_train.presets import load_config
 from growclip_train.gas import choose, size_term
 from growclip_train.rundir import RunDir, StepDir
 from growclip_train.train.budget import growth_shares, step_flops, steps_for_flops
@@ -68,6 +68,7 @@ def test_compute_rule_penalises_each_doubling_and_keeps_no_growth_free(tmp_path)
     assert size_term(cands[5], prev, 1000, 1, 2, paper) == pytest.approx(paper.alpha * 0.5 * 1000 / param_count(cands[5]))
 
 
+@pytest.mark.launch
 def test_growth_step_spends_its_flop_budget(step1_run, tiny_data, tmp_path):
     """A GrowCLIP step 2 at match=flops on one rank after conftest.step1_run's step 1 (3 epochs): each
     phase's recorded FLOPs recomputed by hand from its architecture (the sampled candidates re-drawn), the

@@ -5,10 +5,13 @@ rank must end the others within the collective timeout with a message naming it.
 import re
 import sys
 
+import pytest
+
 from tests.conftest import REPO, run_bounded
 from growclip_train.local_launch import local_env
 
 
+@pytest.mark.launch
 def test_a_seeded_fault_schedule_ends_identical_with_nothing_left(tiny_data, tmp_path):
     hang = 8
     cmd = [sys.executable, str(REPO / "scripts" / "chaos.py"), "--config", "tiny", "--steps", "1", "--ranks", "2",

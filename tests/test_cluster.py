@@ -7,7 +7,7 @@ from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem
 
 from growclip_ds.growth import space
 from growclip_ds.model import GrowCLIP, param_count
-from growclip_ds.presets import load_config
+from growclip_train.presets import load_config
 from growclip_train import cli
 from growclip_train.plan_cluster import activation_bytes, largest_layer, model_state_bytes, parse_cluster
 

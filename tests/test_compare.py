@@ -94,7 +94,7 @@ def test_reproduce_plan_matches_the_tables():
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks.reproduce import plan
-    from growclip_ds.presets import load_config
+    from growclip_train.presets import load_config
     from growclip_train.compare import TABLE5
     from growclip_train.step_phases import phases_before
 

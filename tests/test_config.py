@@ -5,8 +5,8 @@ import pytest
 import torch.distributed as dist
 
 from growclip_ds.config import ConfigError
-from growclip_ds.presets import load_config
-from growclip_ds.presets import PRESETS
+from growclip_train.presets import load_config
+from growclip_train.presets import PRESETS
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

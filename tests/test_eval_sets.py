@@ -14,7 +14,7 @@ from growclip_ds.data.tokenizer import TextTokenizer
 from growclip_ds.eval import sets as evalsets
 from growclip_ds.eval.evaluate import EvalSets, classifier, evaluate
 from growclip_ds.model import GrowCLIP
-from growclip_ds.presets import load_config
+from growclip_train.presets import load_config
 
 CFG = load_config("tiny")
 ARCH = CFG.arch

@@ -8,7 +8,7 @@ from growclip_ds.data.tokenizer import TextTokenizer, train_bpe
 from growclip_ds.export import export
 from growclip_ds.model import GrowCLIP
 from growclip_ds.model_folder import write_model
-from growclip_ds.presets import load_config
+from growclip_train.presets import load_config
 from growclip_train import cli
 
 CLIP_TOWERS = ["arch.stem=patch", "arch.stem_channels=0", "arch.img_conv_layers=0", "arch.tower=clip",

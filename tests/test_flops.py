@@ -6,8 +6,8 @@ from deepspeed.profiling.flops_profiler import FlopsProfiler
 
 from growclip_ds.model import GrowCLIP
 from growclip_ds.model.flops import forward_flops, hardware_train_flops, image_flops, text_flops, train_flops
-from growclip_ds.presets import load_config
-from growclip_ds.presets import PRESETS
+from growclip_train.presets import load_config
+from growclip_train.presets import PRESETS
 
 ARCHS = [("tiny", []),                                                 # conv stem, no shared stack
          ("tiny", ["arch.shared_blocks=2", "arch.img_conv_layers=2"]),  # shared stack: every token projected

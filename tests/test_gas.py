@@ -11,7 +11,7 @@ from growclip_ds.eval.evaluate import EvalSets, evaluate, selection_accuracy
 from growclip_ds.growth import space
 from growclip_ds.growth.slicing import slice_state_dict
 from growclip_ds.model import GrowCLIP, param_count
-from growclip_ds.presets import load_config
+from growclip_train.presets import load_config
 from growclip_train.gas import read_scores, run_gas, score_each_candidate
 from growclip_train.rundir import StepDir
 

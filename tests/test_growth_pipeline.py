@@ -11,7 +11,7 @@ from growclip_ds.growth import space
 from growclip_ds.growth.pim import pim
 from growclip_ds.model.init import name_seed
 from growclip_ds.model_folder import read_model
-from growclip_ds.presets import load_config
+from growclip_train.presets import load_config
 from growclip_train.train.checkpoint import consolidated_state_dict
 from growclip_train.train.schedule import warmup_for
 from tests.conftest import copy_run, launch
@@ -97,6 +97,7 @@ def test_gas_choice_is_the_argmax_of_gas_jsonl(run):
     assert read_model(d)[1] == space.candidate(prev, cfg.growth, best["index"])
 
 
+@pytest.mark.launch
 def test_sampled_phase_under_zero2_and_skipped_layer_update(run, tiny_data, tmp_path):
     # a second run folder that shares step 1 and the step-2 supernet, then trains 1 sampled step at ZeRO-2
     other = copy_run(run, tmp_path / "run", ["step1", "step2/supernet"])
@@ -125,6 +126,7 @@ def test_sampled_phase_under_zero2_and_skipped_layer_update(run, tiny_data, tmp_
     assert [r["subnet"] for r in rows] == [space.sample_index(0, 2, "sample", r["step"] - 1) for r in rows]
 
 
+@pytest.mark.launch
 def test_diverging_rank_aborts_with_a_message(run, tiny_data, tmp_path):
     other = copy_run(run, tmp_path / "run", ["step1", "step2/supernet"])
     p = launch(["--step", "2", "--phase", "sample", "--set", "train.zero_stage=3"] + _common(tiny_data, other),
@@ -133,6 +135,7 @@ def test_diverging_rank_aborts_with_a_message(run, tiny_data, tmp_path):
     assert "ranks hold different subnet candidates at iteration 0 (rank 0: 48, rank 1: 49)" in p.stderr + p.stdout
 
 
+@pytest.mark.launch
 def test_step3_on_one_rank_starts_from_the_pim_output(run, tiny_data, tmp_path):
     run = copy_run(run, tmp_path / "run", ["step1", "step2"])
     launch(["--step", "3", "--stop-after-iterations", "0", "--set", "train.zero_stage=1"] + _common(tiny_data, run),
@@ -169,6 +172,7 @@ def test_plan_and_report_of_the_run(run, tiny_data):
     assert f"| 2 | PIM@1: step t-1 model -> supernet | pim | {loss} |" in md.read_text()
 
 
+@pytest.mark.launch
 def test_preserve_through_deepspeed_keeps_the_function(run, tiny_data, tmp_path):
     """Step 2 trained at 2 ranks under ZeRO-3, consolidated, grown with inherit=preserve, and loaded
     by a 1-rank ZeRO-3 engine: the engine holds exactly preserve()'s output, and the grown model's

@@ -7,7 +7,7 @@ import pytest
 from benchmarks import headroom
 from growclip_ds.data.manifest import Manifest
 from growclip_ds.model.flops import train_flops
-from growclip_ds.presets import PRESETS
+from growclip_train.presets import PRESETS
 from growclip_train.rundir import RunDir
 from tests.conftest import REPO
 

@@ -9,10 +9,13 @@ import sys
 import sysconfig
 import zipfile
 
+import pytest
+
 from growclip_train.rundir import RunDir
 from tests.conftest import REPO, free_port, run_bounded
 
 
+@pytest.mark.launch
 def test_wheel_runs_the_demo_from_an_empty_folder(tmp_path):
     wheels, venv, work, src = tmp_path / "wheels", tmp_path / "venv", tmp_path / "empty", tmp_path / "src"
     # built from a copy: setuptools builds in the source tree, and a stale build/ there could ship deleted files

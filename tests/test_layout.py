@@ -61,9 +61,12 @@ def test_one_home_per_concept():
     where = lambda pattern: sorted(str(f.relative_to(REPO)) for f, s in code.items() if re.search(pattern, s))  # noqa: E731
     assert where(r'"arch\.json"') == ["growclip_ds/model_folder.py"]                     # the model folder's format
     assert where(r"\.tmp\b") == ["growclip_ds/fileio.py"]                                # write, then rename
-    assert where(r"deepspeed\.launcher\.runner|torch\.distributed\.run") == ["growclip_train/local_launch.py"]
+    assert where(r"deepspeed\.launcher\.runner|\"growclip_train\.torchrun\"") == ["growclip_train/local_launch.py"]
+    assert where(r"torch\.distributed\.run\b") == ["growclip_train/torchrun.py"]   # torchrun, quiet on a planned stop
     assert where(r"def step_costs\(") == ["growclip_train/step_phases.py"]
     assert where(r"deepspeed\.initialize\(") == ["growclip_train/train/engine.py"]
+    # training and method settings are the application's; the library's config holds arch, data and growth
+    assert where(r"(?m)^class (TrainConfig|MethodConfig|RunConfig)\b") == ["growclip_train/config.py"]
 
 
 def test_the_readme_module_map_names_every_module():

@@ -18,7 +18,7 @@ from growclip_ds.model import GrowCLIP
 from growclip_ds.model.clip import arch_specs
 from growclip_ds.model.init import normal_std
 from growclip_ds.model.roles import Role
-from growclip_ds.presets import PRESETS
+from growclip_train.presets import PRESETS
 from growclip_train import methods
 from growclip_train.rundir import RunDir
 from tests.conftest import copy_run, launch
@@ -128,6 +128,7 @@ def test_interpolation_is_exact():
         methods.interpolate(a, {"v": b["w"]}, 0.5)
 
 
+@pytest.mark.launch
 def test_patching_step_on_two_ranks(step1_run, tiny_data, tmp_path):
     """Patching's step 2 on 2 ranks after conftest.step1_run's step 1: the step's model is exactly the
     interpolation of the step-1 model and step 2's trained one at the recorded alpha; the trained phase

@@ -8,7 +8,7 @@ from growclip_ds.config import ArchConfig
 from growclip_ds.growth.slicing import slice_state_dict
 from growclip_ds.model import GrowCLIP, param_count
 from growclip_ds.model.elastic import ElasticAttention
-from growclip_ds.presets import PRESETS
+from growclip_train.presets import PRESETS
 
 BIG = ArchConfig(img_conv_layers=2, img_blocks=3, img_heads=3, txt_blocks=3, txt_heads=3, shared_blocks=2,
                  head_dim=8, image_size=32, patch_size=8, context_length=12, embed_dim=24, stem_channels=6,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, copy_run, free_port, run_bounded
+from tests.conftest import REPO, copy_run, free_port, launches, run_bounded
 
 
 def _two_nodes(*args):
@@ -32,6 +32,7 @@ def _listening(port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
+@launches
 def two_nodes():
     """The two nodes, taken down again afterwards whatever happens (no login service left open)."""
     keys = Path.home() / ".ssh" / "authorized_keys"

@@ -12,7 +12,7 @@ from growclip_ds.growth.slicing import slice_state_dict
 from growclip_ds.loss import clip_loss
 from growclip_ds.model import GrowCLIP
 from growclip_ds.model.clip import arch_specs
-from growclip_ds.presets import PRESETS
+from growclip_train.presets import PRESETS
 
 DEPTH_ONLY = 1 + 4 + 8 + 32          # image blocks, conv layers, text blocks, shared blocks: no new heads
 WIDTH_BOUND = 5e-4                   # measured: <= 1e-4 on unit-norm features (LayerNorm eps, fp32 rounding)

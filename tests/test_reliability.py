@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from growclip_train.train import checkpoint
 from growclip_train.train.preempt import PREEMPTED_EXIT
-from tests.conftest import PicklePayload, launch
+from tests.conftest import PicklePayload, launch, launches
 
 BATCH = ["--set", "train.global_batch=48", "--set", "train.micro_batch=8"]  # divides 1, 2 and 3 ranks
 
@@ -27,6 +27,7 @@ def losses(run):
 
 
 @pytest.fixture(scope="module")
+@launches
 def resized(tiny_data, tmp_path_factory):
     """Preempted on 2 ranks after one step, then resumed on 3 ranks and (a copy) on 1 rank."""
     base = tmp_path_factory.mktemp("resize")
@@ -99,6 +100,7 @@ def test_a_tampered_universal_conversion_is_converted_again_never_loaded(resized
     assert torch.equal(torch.load(victim, weights_only=True)["param"].float(), saved[name])
 
 
+@pytest.mark.launch
 def test_ranks_disagreeing_on_the_data_step_abort(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("GROWCLIP_FAULT", "datastep@1")
     p = launch(common(tiny_data, tmp_path / "run") + ["--stop-after-iterations", "1"], ranks=2, check=False)
@@ -107,6 +109,7 @@ def test_ranks_disagreeing_on_the_data_step_abort(tiny_data, tmp_path, monkeypat
     assert "(rank 0: 1, rank 1: 2)" in p.stdout + p.stderr
 
 
+@pytest.mark.launch
 def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_data, tmp_path):
     """A real 12 MiB tmpfs filled up, where this machine lets the test mount one (root, as here and in CI);
     elsewhere the same ENOSPC raised inside DeepSpeed's checkpoint writes (GROWCLIP_FAULT=nospace), not a skip."""
@@ -141,6 +144,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_data, tmp_pa
             subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.launch
 def test_diverged_run_exits_4_keeps_the_last_finite_checkpoint(tiny_data, tmp_path):
     """Issue experiment 1: weight decay 1e30 makes the loss NaN after step 1."""
     run = tmp_path / "run"
@@ -179,6 +183,7 @@ def _junk_copy(tiny_data, dst):
     return dst
 
 
+@pytest.mark.launch
 def test_undecodable_corpus_stops_with_the_shard_and_the_error(tiny_data, tmp_path):
     """Issue experiment 2: it used to hang forever."""
     data = _junk_copy(tiny_data, tmp_path / "junk")
@@ -190,6 +195,7 @@ def test_undecodable_corpus_stops_with_the_shard_and_the_error(tiny_data, tmp_pa
     assert "/shards/0000" in out and ".tar" in out
 
 
+@pytest.mark.launch
 def test_crash_mid_save_then_resume_at_fewer_ranks_finishes(tiny_data, tmp_path, monkeypatch):
     """Issue experiment 3: rank 0 dies inside the save of step 4 at 3 ranks (rank 2's optimizer file
     is written); the rerun at 2 ranks used to save step 4 into that folder and fail to consolidate."""
@@ -208,6 +214,7 @@ def test_crash_mid_save_then_resume_at_fewer_ranks_finishes(tiny_data, tmp_path,
     assert len(list((ckpt / "global_step4").glob("*optim_states.pt"))) == 2
 
 
+@pytest.mark.launch
 def test_disk_full_on_one_rank_of_two_then_a_tampered_pickle(tiny_data, tmp_path, monkeypatch):
     run = tmp_path / "run"
     args = common(tiny_data, run) + ["--set", "train.checkpoint_every=2", "--set", "train.epochs=4"]

@@ -9,7 +9,7 @@ from growclip_ds.model import GrowCLIP
 from growclip_ds.model.elastic import ElasticAttention, ElasticLayerNorm, ElasticLinear
 from growclip_ds.model.encoders import ElasticPatchify, ImageEncoder, ResidualConvLayer, TextEncoder
 from growclip_ds.model.roles import Role, param_specs
-from growclip_ds.presets import PRESETS
+from growclip_train.presets import PRESETS
 from growclip_train.train.engine import param_groups
 
 WRITERS = ("attn.proj", "mlp.fc2", "image.proj", "text.proj")   # layers whose output rows are stream channels

@@ -13,7 +13,7 @@ import pytest
 import webdataset as wds
 
 from growclip_ds.config import ConfigError
-from growclip_ds.presets import load_config
+from growclip_train.presets import load_config
 from growclip_train import launch as launcher
 from growclip_train import provenance
 from growclip_train.rundir import RunDir

@@ -60,6 +60,7 @@ def test_run_folder_comes_from_the_launchers_own_parser(tiny_data):
     assert env == {"GROWCLIP_RUN_DIR": "runs/tiny", "GROWCLIP_NUM_STEPS": "4"}
 
 
+@pytest.mark.launch
 def test_batch_script_preemption_reaches_the_ranks_and_requeues(tmp_path, tiny_data):
     """grow_step.sbatch under fake srun/scontrol on PATH: SLURM's USR1 to the batch shell writes STOP
     into the run folder given as --run-dir=X (the fake job step waits for it there, as the ranks do,
@@ -113,3 +114,24 @@ def test_cli_prints_the_sbatch_command(tmp_path, capsys):
 @pytest.mark.parametrize("script", ["grow_step.sbatch", "grow_run.sbatch", "common.sh"])
 def test_batch_scripts_parse(script):
     assert subprocess.run(["bash", "-n", str(REPO / "launchers" / "slurm" / script)]).returncode == 0
+
+
+@pytest.mark.launch
+def test_torchrun_reports_a_planned_stop_in_one_line_and_a_crash_in_full(tmp_path):
+    """growclip_train.torchrun (the SLURM scripts' and local launches' torchrun): ranks that exit 3
+    (preempted, checkpointed) give exit code 3 and one line, no traceback; any other exit code keeps
+    torchrun's ChildFailedError report and exit code 1. Rank 1 exits later, so torchrun stops it."""
+    import sys
+
+    from growclip_train.local_launch import local_command, local_env
+
+    worker = tmp_path / "w.py"
+    worker.write_text("import os, sys, time\ntime.sleep(0.5 * int(os.environ['RANK']))\nsys.exit(int(sys.argv[1]))\n")
+    for code, rc in ((3, 3), (7, 1)):
+        p = subprocess.run(local_command([str(worker), str(code)], ranks=2, launcher="torchrun"), env=local_env(),
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == rc, p.stderr[-2000:]
+        if code == 3:
+            assert "Traceback" not in p.stderr and "[growclip_ds] exit 3, preempted" in p.stderr, p.stderr[-2000:]
+        else:
+            assert "ChildFailedError" in p.stderr and "exitcode  : 7" in p.stderr, p.stderr[-2000:]

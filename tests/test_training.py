@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from growclip_ds.model import param_count
-from growclip_ds.presets import PRESETS
-from tests.conftest import REPO, STEP1, PicklePayload, launch, run_bounded, start
+from growclip_train.presets import PRESETS
+from tests.conftest import REPO, STEP1, PicklePayload, launch, launches, run_bounded, start
 
 
 def _losses(run):
@@ -22,6 +22,7 @@ def _losses(run):
 
 
 @pytest.fixture(scope="module")
+@launches
 def runs(step1_run, tiny_data, tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
     common = STEP1[:-4] + ["--set", f"data.root={tiny_data}"]       # conftest.STEP1 without its ZeRO stage and monitors
@@ -185,6 +186,7 @@ def test_planted_renamed_or_foreign_key_checkpoints_run_nothing_and_say_what_to_
     assert set(consolidated_state_dict(ckpt, "global_step10")) == set(ref)
 
 
+@pytest.mark.launch
 def test_ranks_with_different_configs_stop_naming_the_rank_and_field(tiny_data, tmp_path):
     """Rank 1 reads a stale config (another lr): the job stops before training, on every rank."""
     run = tmp_path / "stale"
@@ -233,6 +235,7 @@ def _rank_pid(run, rank: int) -> int:
     raise AssertionError(f"no rank {rank} process of {run}")
 
 
+@pytest.mark.launch
 def test_sigterm_and_sigusr1_to_one_rank_checkpoint_exit_3_and_resume_exactly(runs, tiny_data, tmp_path):
     """The real signals, each to one rank of a running 2-rank phase: every rank checkpoints after
     the same step and exits 3 (requeue); a rerun with another learning rate is refused; the resumed
@@ -250,8 +253,7 @@ def test_sigterm_and_sigusr1_to_one_rank_checkpoint_exit_3_and_resume_exactly(ru
     for sig, rank in ((signal.SIGTERM, 1), (signal.SIGUSR1, 0)):
         done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
         # the SIGTERM run steps slower: time for a second launch (below) while it trains
-        # DeepSpeed's launcher passes the ranks' exit code 3 on (torchrun reports any failure as 1, and stops
-        # the other ranks with SIGTERM)
+        # DeepSpeed's launcher passes the ranks' exit code 3 on (growclip_train.torchrun too: test_slurm.py)
         proc = start(args, launcher="deepspeed", env={"GROWCLIP_FAULT_DELAY": "2" if sig == signal.SIGTERM else "0.5"})
         deadline = time.time() + 120
         while (not metrics.exists() or len(metrics.read_text().splitlines()) < done + 2) and time.time() < deadline:

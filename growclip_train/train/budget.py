@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from growclip_ds.config import RunConfig
+from growclip_train.config import RunConfig
 from growclip_ds.errors import InputError
 from growclip_ds.model.flops import train_flops
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from growclip_ds.config import TrainConfig
+from growclip_train.config import TrainConfig
 from growclip_ds.errors import InputError
 from growclip_train.accelerator import on_cpu
 from growclip_train.log import log

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from growclip_ds.config import RunConfig
+from growclip_train.config import RunConfig
 
 WARMUPS = ("scratch", "inherited", "none")
 

@@ -20,7 +20,8 @@ from typing import Callable
 import torch
 
 from growclip_train import faults
-from growclip_ds.config import ArchConfig, RunConfig, replace
+from growclip_ds.config import ArchConfig, replace
+from growclip_train.config import RunConfig
 from growclip_ds.data.loader import EpochPlan, Liveness, make_loader
 from growclip_ds.data.manifest import Manifest
 from growclip_ds.data.mixture import Source

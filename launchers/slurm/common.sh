@@ -19,7 +19,7 @@ growclip_launch() {
     "$PY" -m deepspeed.launcher.runner --hostfile "$GROWCLIP_HOSTFILE" --master_addr "$MASTER_ADDR" \
       --master_port "$MASTER_PORT" "$@" &
   else
-    srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c '"$0" -m torch.distributed.run --nnodes "$GROWCLIP_NNODES" \
+    srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c '"$0" -m growclip_train.torchrun --nnodes "$GROWCLIP_NNODES" \
       --node_rank "$SLURM_NODEID" --nproc_per_node "$GROWCLIP_GPUS_PER_NODE" --master_addr "$MASTER_ADDR" \
       --master_port "$MASTER_PORT" "$@"' "$PY" "$@" &
   fi
