@@ -7,6 +7,7 @@ architecture it can express: ``arch.stem=patch``, ``arch.tower=clip``).
     python benchmarks/throughput.py --config demo --ranks 2 --zero 2 --steps 10 --rounds 3
     python benchmarks/throughput.py --config demo --ranks 2 --zero 3 --data shards
     python benchmarks/throughput.py --config demo --set arch.stem=patch ... --set arch.tower=clip --peer open_clip --compile
+    python benchmarks/throughput.py ... --peer open_clip --profile runs/profile   # + torch.profiler tables per loop
     torchrun --nproc_per_node 8 benchmarks/throughput.py --config vit-b-16 --precision bf16 ...  # GPU
 
 Without RANK in the environment it starts ``--ranks`` local processes with torchrun (CPU: gloo).
@@ -184,7 +185,7 @@ def worker(args) -> None:
     model_ds, model_ddp = GrowCLIP(arch, seed=t.seed), GrowCLIP(arch, seed=t.seed)
     for m in (model_ds, model_ddp):
         m.set_grad_checkpointing(args.grad_ckpt)
-    engine, _, _ = build_engine(model_ds, t, world, total_steps=10 ** 6)
+    engine, _, _ = build_engine(model_ds, t, world, total_steps=10 ** 6, ds_config_file=args.ds_config or None)
     ddp = DDPTrainer(model_ddp, t, world, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     clocks = {"deepspeed": Clock(sync), "ddp": Clock(sync)}
@@ -193,7 +194,7 @@ def worker(args) -> None:
     if args.compile:
         model_c = GrowCLIP(arch, seed=t.seed)
         model_c.set_grad_checkpointing(args.grad_ckpt)
-        engine_c, _, _ = build_engine(model_c, t, world, total_steps=10 ** 6)
+        engine_c, _, _ = build_engine(model_c, t, world, total_steps=10 ** 6, ds_config_file=args.ds_config or None)
         engine_c.compile()                 # torch.compile through DeepSpeed; compiles in the warm-up steps
         clocks["deepspeed+compile"] = Clock(sync)
         runs["deepspeed+compile"] = lambda d: engine_step(engine_c, d, accum, clip_loss, clocks["deepspeed+compile"])
@@ -229,6 +230,8 @@ def worker(args) -> None:
                     clocks[k].parts = parts_before
                 first_loss.setdefault(k, loss)
             mem[k] = max(mem.get(k, 0.0), peak_memory(device))
+    if args.profile:
+        profile_loops(args, runs, data, rank)
     gathered = [None] * world
     dist.all_gather_object(gathered, {"times": times, "waits": waits})
     if rank == 0:
@@ -254,6 +257,26 @@ def worker(args) -> None:
     dist.destroy_process_group()
 
 
+def profile_loops(args, runs: dict, data: dict, rank: int, steps: int = 3) -> None:
+    """``steps`` steady-state steps of each loop under torch.profiler (after the timed rounds): rank 0 writes
+    each loop's operators by self CPU time to ``<--profile>/<loop>.txt`` and a Chrome trace beside it."""
+    import torch.distributed as dist
+    from torch.profiler import ProfilerActivity, profile
+
+    out = Path(args.profile)
+    out.mkdir(parents=True, exist_ok=True)
+    for k, step in runs.items():
+        dist.barrier()
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(steps):
+                step(data[k])
+        if rank == 0:
+            table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+            (out / f"{k}.txt").write_text(f"{k}: {steps} steps, rank 0\n{table}\n")
+            prof.export_chrome_trace(str(out / f"{k}.trace.json"))
+            print(f"profile of {k}: {out / (k + '.txt')}")
+
+
 def open_clip_peer(state: dict, arch, rank: int, world: int):
     """open_clip's CLIP model holding our initial weights (growclip_ds.export's mapping: the same
     function, so the first losses agree) and open_clip's own loss, gathered as ours is."""
@@ -271,7 +294,9 @@ def open_clip_peer(state: dict, arch, rank: int, world: int):
 
 def report(args, cfg, world, dev, measured_peak, sheet, res, params, step_flops) -> None:
     ratio = res["deepspeed"]["median_step_s"] / res["ddp"]["median_step_s"]
-    record = {"config": args.config, "overrides": args.set, "params": params, "arch": cfg.arch.to_dict(),
+    record = {"config": args.config, "overrides": args.set, "ds_config": args.ds_config,
+              "params": params,
+              "arch": cfg.arch.to_dict(),
               "world_size": world, "zero_stage": args.zero, "precision": args.precision,
               "micro_batch": cfg.train.micro_batch, "global_batch": cfg.train.global_batch,
               "grad_checkpointing": args.grad_ckpt, "data": args.data, "steps": args.steps, "rounds": args.rounds,
@@ -328,6 +353,10 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also time the engine after engine.compile(), same run")
     p.add_argument("--peer", default="", choices=("", "open_clip"),
                    help="also time open_clip's model and loss under DDP on the same architecture and weights")
+    p.add_argument("--ds-config", default="", metavar="JSON",
+                   help="DeepSpeed config to time instead of ds_configs/zero<--zero>.json (bucket sizes, overlap)")
+    p.add_argument("--profile", default="", metavar="DIR",
+                   help="after timing, profile 3 steps of each loop (torch.profiler): operator tables per loop in DIR")
     p.add_argument("--master-port", type=int, default=29720)
     args = p.parse_args()
     if "RANK" in os.environ:

@@ -232,7 +232,7 @@ def finish_step(cfg: RunConfig, step: StepDir, ckpt_dir, arch: ArchConfig, extra
     evaluate it on all ranks: the step is finished."""
     from growclip_train.step_eval import evaluator
 
-    refused = ""
+    refused, t0 = "", time.time()
     if rank_world()[0] == 0:
         sd = state if state is not None else checkpoint.consolidated_state_dict(ckpt_dir)
         try:
@@ -244,7 +244,9 @@ def finish_step(cfg: RunConfig, step: StepDir, ckpt_dir, arch: ArchConfig, extra
         why = refused or f"{step.path}: the model to consolidate holds NaN/inf (see rank 0)"
         raise model_folder.NonFiniteError(f"{why}; step not finished")
     barrier()
+    t1 = time.time()
     sd, arch = model_folder.read_model(step.path)
     result = evaluator(cfg, arch)(sd)
+    step.write_finish({"consolidate_s": t1 - t0, "eval_s": time.time() - t1})   # rank 0's times
     step.write_eval(result)
     return result

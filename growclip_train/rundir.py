@@ -9,6 +9,7 @@
     <run>/step<t>/model.safetensors      the step's model, with arch.json (its architecture, params and
                                          how it was chosen); the model folder format is model_folder.py's
     <run>/step<t>/eval.json              its evaluation: step t is finished when this exists
+    <run>/step<t>/finish.json            what writing the step's model and evaluating it took (seconds)
     <run>/step<t>/gas.jsonl              GAS scores, a line per candidate, appended as they are known
     <run>/step<t>/<phase>/done.json      a finished phase (train, supernet, sample, gas, final, patch) or
                                          growth (pim1, pim3: its model and what it kept)
@@ -32,6 +33,7 @@ CONFIG = "config.json"
 DATA_PRINT = "data.json"
 CONFIG_CHANGES = "config_changes.jsonl"
 EVAL = "eval.json"
+FINISH = "finish.json"
 GAS_SCORES = "gas.jsonl"
 DONE = "done.json"
 CHECKPOINTS = "checkpoints"
@@ -84,6 +86,7 @@ class StepDir:
         self.data_file = self.path / DATA_PRINT
         self.changes_file = self.path / CONFIG_CHANGES
         self.eval_file = self.path / EVAL
+        self.finish_file = self.path / FINISH
         self.choice_file = self.path / ARCH     # the chosen architecture (GAS, fixed, random) and its record
         self.gas_scores = self.path / GAS_SCORES
 
@@ -103,6 +106,12 @@ class StepDir:
 
     def write_eval(self, result: dict) -> None:
         write_json(self.eval_file, result)
+
+    def write_finish(self, record: dict) -> None:
+        write_json(self.finish_file, record)
+
+    def read_finish(self) -> dict:
+        return read_json(self.finish_file) if self.finish_file.exists() else {}
 
     def write_config(self, cfg) -> None:
         write_json(self.config_file, cfg.to_dict())

@@ -114,3 +114,17 @@ def test_one_accelerator_and_backend_decision():
     assert accelerator_env({}, cuda=False)["DS_ACCELERATOR"] == "cpu"
     with pytest.raises(ValueError, match="DS_ACCELERATOR=xpu"):
         backend({"DS_ACCELERATOR": "xpu"})
+
+
+def test_zero2_copies_gradients_into_one_buffer_on_a_gpu_and_not_on_the_cpu(monkeypatch, tmp_path):
+    from growclip_train.train.engine import DS_CONFIG_DIR, build_ds_config
+
+    train = load_config("tiny", ["train.zero_stage=2"]).train
+    assert json.loads((DS_CONFIG_DIR / "zero2.json").read_text())["zero_optimization"]["contiguous_gradients"] == "auto"
+    for acc, want in (("cpu", False), ("cuda", True)):
+        monkeypatch.setenv("DS_ACCELERATOR", acc)
+        assert build_ds_config(train, 1)["zero_optimization"]["contiguous_gradients"] is want
+    mine = tmp_path / "zero2.json"            # a user's explicit choice is kept on every accelerator
+    mine.write_text(json.dumps({"zero_optimization": {"stage": 2, "contiguous_gradients": True}}))
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    assert build_ds_config(train, 1, base=mine)["zero_optimization"]["contiguous_gradients"] is True

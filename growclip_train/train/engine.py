@@ -38,8 +38,9 @@ def monitor_config(monitors: list[str], out_dir: Path) -> dict:
 
 def build_ds_config(train: TrainConfig, world_size: int, base: str | Path | None = None,
                     monitor_dir: Path | None = None) -> dict:
-    """DeepSpeed config = ds_configs/zero<stage>.json with the "auto" fields filled from ``train``, and
-    its monitors (``train.monitor``) writing under ``monitor_dir``."""
+    """DeepSpeed config = ds_configs/zero<stage>.json with the "auto" fields filled from ``train`` (and
+    ``zero_optimization.contiguous_gradients`` from the accelerator), and its monitors (``train.monitor``)
+    writing under ``monitor_dir``."""
     path = Path(base) if base else DS_CONFIG_DIR / f"zero{train.zero_stage}.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: DeepSpeed config missing (train.zero_stage={train.zero_stage})")
@@ -51,7 +52,12 @@ def build_ds_config(train: TrainConfig, world_size: int, base: str | Path | None
     for k, v in auto.items():
         if cfg.get(k, "auto") == "auto":
             cfg[k] = v
-    cfg.setdefault("zero_optimization", {})["stage"] = train.zero_stage
+    zero = cfg.setdefault("zero_optimization", {})
+    zero["stage"] = train.zero_stage
+    if zero.get("contiguous_gradients") == "auto":
+        # copying each gradient into one buffer avoids a GPU allocator's fragmentation; on the CPU it only costs:
+        # 4-12% of a ZeRO-2 step (docs/benchmarks/open_clip_gap_cpu_2026-12-07.md)
+        zero["contiguous_gradients"] = not on_cpu()
     if monitor_dir is not None:
         cfg.update(monitor_config(train.monitors, Path(monitor_dir)))
     if train.precision == "bf16":

@@ -100,6 +100,8 @@ class PhaseResult:
     bad_fraction: float = 0.0
     samples_by_source: dict = field(default_factory=dict)
     device: str = ""                           # the engine's device
+    setup_s: float = 0.0                       # data, engine build and resume, before the first step
+    save_s: float = 0.0                        # checkpoint writes
 
     def cost(self, wall_s: float) -> dict:
         rec = asdict(self)
@@ -186,9 +188,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> PhaseResult:
+        t0, self.save_s = time.time(), 0.0
         self.setup_data()
         self.setup_engine()
         self.resume()
+        self.setup_s = time.time() - t0
         self.start_books()
         s = self.state
         if self.stop_after == 0 and s.step == 0:   # a planned stop before training: checkpoint the initial weights
@@ -302,14 +306,17 @@ class Trainer:
         meta = {"arch": self.phase.arch.to_dict(), "growth_step": self.phase.growth_step, "phase": self.phase.name,
                 "data_steps": self.phase.data_steps, "world_size": self.world,
                 **dataclasses.replace(s, data=data_state, samples_by_source=self.samples_by_source()).to_meta()}
+        t0 = time.time()
         self.ckpt.save(self.engine, s.step, meta)
+        self.save_s += time.time() - t0
 
     def result(self, stopped: bool, **kw) -> PhaseResult:
         if stopped:
             self.log.close()
         s = self.state
         return PhaseResult(self.phase.name, stopped, self.ckpt_dir, self.total, s.samples_seen, s.train_flops, s.device_s,
-                           self.losses, nonfinite_steps=self.guard.total, device=str(self.engine.device), **kw)
+                           self.losses, nonfinite_steps=self.guard.total, device=str(self.engine.device),
+                           setup_s=self.setup_s, save_s=self.save_s, **kw)
 
 
 def mixture_sources(manifest: Manifest, mixture: list[Source]) -> tuple[list, int]:
