@@ -14,7 +14,9 @@ TFS/TWP/SAP train E epochs, GrowCLIP and NAS split them 2:2:26 over supernet fin
 sampling and the chosen net (the paper's split), and TiC-CLIP's C is E x N^1. Every run is a run folder
 under ``--out`` made by ``launchers/grow.py --method ...``, one process per step (world 1, or
 ``--ranks N`` through the DeepSpeed launcher), ``--jobs`` of them at once with the cores split
-between them. Step 1 is trained once and copied into every method's folder; the ablation and
+between them, each rank without gradient accumulation (``train.micro_batch`` = global batch / ranks, so
+that the contrastive loss sees every sample of the batch as a negative, as on the preset's own world
+size; ``--set train.micro_batch=...`` overrides). Step 1 is trained once and copied into every method's folder; the ablation and
 single-dimension runs at step 2 copy the finished phases they share with the GrowCLIP run (same
 config and seeds, so the same weights) instead of recomputing them. Re-running resumes: finished
 steps are skipped. Logs: ``<out>/logs/``. The report: ``growclip-ds report <out>``.
