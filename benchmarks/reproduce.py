@@ -263,9 +263,9 @@ def main() -> int:
     args = ap.parse_args()
     sets = split_epochs(args.budget) + ["train.checkpoint_every=1000"]
     sets += ["train.match=flops"] if args.match == "flops" else []
-    # no gradient accumulation: each rank's contrastive loss sees the global batch's negatives, as the preset's
-    # own world size does (1 rank x 2 accumulated halves halves them: on corpus v2 that hid the headroom growth
-    # needs, docs/results/growth_v2_cpu2_2026-12-07 section 8); the preset's warm-up, not a shorter one
+    # the preset's warm-up (a forced 10 steps hid most of corpus v2's headroom and growth's gain:
+    # docs/results/growth_v2_cpu2_2026-12-07 section 8) and no gradient accumulation (each rank's contrastive
+    # loss sees the whole batch as negatives, as on the preset's own world size)
     sets += [f"train.micro_batch={load_config(args.config, args.set).train.global_batch // args.ranks}"]
     sets += args.set
     cfg = load_config(args.config, sets)

@@ -46,6 +46,18 @@ def test_step2_runs_every_phase_and_ranks_agree_under_zero3(run):
     assert json.loads((d / "eval.json").read_text())["device"] == engine
 
 
+def test_phases_and_steps_record_where_their_time_went(run):
+    """Each training phase records its set-up and checkpoint seconds inside its wall time (device_s counts both
+    ranks' step time); a finished step records writing its model and evaluating it (benchmarks/step_breakdown.py)."""
+    d = run / "step2"
+    for phase in ("supernet", "sample", "final"):
+        rec = json.loads((d / phase / "done.json").read_text())
+        assert rec["setup_s"] > 0 and rec["save_s"] > 0     # an engine was built; at least the last checkpoint
+        assert rec["setup_s"] + rec["device_s"] / 2 + rec["save_s"] < rec["wall_s"]
+    fin = json.loads((d / "finish.json").read_text())
+    assert set(fin) == {"consolidate_s", "eval_s"} and fin["consolidate_s"] > 0 and fin["eval_s"] > 0
+
+
 def test_growth_records_what_it_kept(run, tiny_data):
     """pim1/pim3 done.json: loss on the fixed batch and selection top-1 of the old and grown model;
     the old model's loss recomputed here from step 1's weights and the first samples of step 2's new data."""

@@ -55,8 +55,8 @@ def build_ds_config(train: TrainConfig, world_size: int, base: str | Path | None
     zero = cfg.setdefault("zero_optimization", {})
     zero["stage"] = train.zero_stage
     if zero.get("contiguous_gradients") == "auto":
-        # copying each gradient into one buffer avoids a GPU allocator's fragmentation; on the CPU it only costs:
-        # 4-12% of a ZeRO-2 step (docs/benchmarks/open_clip_gap_cpu_2026-12-07.md)
+        # copying each gradient into one buffer spares a GPU allocator fragmentation; on the CPU it is only a
+        # copy, 4-12% of a ZeRO-2 step (docs/benchmarks/open_clip_gap_cpu_2026-12-07.md)
         zero["contiguous_gradients"] = not on_cpu()
     if monitor_dir is not None:
         cfg.update(monitor_config(train.monitors, Path(monitor_dir)))
