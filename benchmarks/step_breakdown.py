@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO, write_record  # noqa: E402
 from growclip_train.local_launch import free_port, local_command, local_env  # noqa: E402
-from growclip_train.rundir import GROWTHS, RunDir  # noqa: E402
+from growclip_train.rundir import RunDir  # noqa: E402
 
 PARTS = ("start-up", "engine set-up", "training", "loop overhead", "checkpoint writes", "PIM + kept check",
          "write model", "evaluation")
@@ -53,15 +53,11 @@ def breakdown(run: Path, step: int, total: float, ranks: int) -> dict:
     time); start-up is what they leave."""
     s = RunDir(run).step(step)
     parts = dict.fromkeys(PARTS, 0.0)
-    phases = 0
-    for d in sorted(p for p in s.path.iterdir() if (p / "done.json").exists()):
-        rec = s.phase(d.name).read_done()
-        if d.name in GROWTHS:
-            parts["PIM + kept check"] += rec["wall_s"]
-            continue
-        phases += 1
-        parts["engine set-up"] += rec.get("setup_s", 0.0)
+    parts["PIM + kept check"] = sum(r["wall_s"] for r in s.growth_records().values())
+    phases = [r for r in s.phase_records() if "kept" not in r]   # growths' records hold what they kept
+    for rec in phases:
         train = rec.get("device_s", 0.0) / ranks
+        parts["engine set-up"] += rec.get("setup_s", 0.0)
         parts["training"] += train
         parts["checkpoint writes"] += rec.get("save_s", 0.0)
         parts["loop overhead"] += rec["wall_s"] - rec.get("setup_s", 0.0) - train - rec.get("save_s", 0.0)
@@ -69,9 +65,8 @@ def breakdown(run: Path, step: int, total: float, ranks: int) -> dict:
     fin = s.read_finish()
     parts["write model"], parts["evaluation"] = fin.get("consolidate_s", 0.0), fin.get("eval_s", 0.0)
     parts["start-up"] = total - sum(parts.values())
-    return {"total_s": total, "phases": phases, "parts": parts,
-            "train_flops": sum(s.phase(p.name).read_done().get("train_flops", 0) for p in s.path.iterdir()
-                               if (p / "done.json").exists())}
+    return {"total_s": total, "phases": len(phases), "parts": parts,
+            "train_flops": sum(r.get("train_flops", 0) for r in phases)}
 
 
 def main(argv=None) -> None:

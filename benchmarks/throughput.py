@@ -294,8 +294,7 @@ def open_clip_peer(state: dict, arch, rank: int, world: int):
 
 def report(args, cfg, world, dev, measured_peak, sheet, res, params, step_flops) -> None:
     ratio = res["deepspeed"]["median_step_s"] / res["ddp"]["median_step_s"]
-    record = {"config": args.config, "overrides": args.set, "ds_config": args.ds_config,
-              "params": params,
+    record = {"config": args.config, "overrides": args.set, "ds_config": args.ds_config, "params": params,
               "arch": cfg.arch.to_dict(),
               "world_size": world, "zero_stage": args.zero, "precision": args.precision,
               "micro_batch": cfg.train.micro_batch, "global_batch": cfg.train.global_batch,
