@@ -123,8 +123,12 @@ def paper_step_ratio(rows: list[dict]) -> dict:
     if end < target:
         return {"paper_step_ratio": None, "paper_step_note": f"not reached: GrowCLIP's step {last} model ({end:.2f}) is "
                 f"below its chosen architecture from scratch ({target:.2f}) at 100% of the step's budget"}
-    ratio = 0.0 if start >= target else (target - start) / (end - start)
-    return {"paper_step_ratio": round(ratio, 3), "paper_step_note": "linear between the step's two ends"}
+    if start >= target:   # growth kept the function, so the step's model at fraction 0 is the step t-1 model
+        return {"paper_step_ratio": 0.0, "paper_step_note": f"reached before any step-{last} training: the step "
+                f"{last - 1} model ({start:.2f}) is already at or above the reference ({target:.2f}); this accounting "
+                "counts steps 1..t-1 as free, read the cumulative ratio"}
+    return {"paper_step_ratio": round((target - start) / (end - start), 3),
+            "paper_step_note": "linear between the step's two ends"}
 
 
 def efficiency_vs_headroom(rows: list[dict], headroom: list[dict], arch: str) -> dict:

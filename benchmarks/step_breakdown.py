@@ -30,7 +30,7 @@ from growclip_train.local_launch import free_port, local_command, local_env  # n
 from growclip_train.rundir import RunDir  # noqa: E402
 
 PARTS = ("start-up", "engine set-up", "training", "loop overhead", "checkpoint writes", "PIM + kept check",
-         "write model", "evaluation")
+         "search (GAS)", "write model", "evaluation")
 METHODS = ("growclip", "twp")
 
 
@@ -54,7 +54,10 @@ def breakdown(run: Path, step: int, total: float, ranks: int) -> dict:
     s = RunDir(run).step(step)
     parts = dict.fromkeys(PARTS, 0.0)
     parts["PIM + kept check"] = sum(r["wall_s"] for r in s.growth_records().values())
-    phases = [r for r in s.phase_records() if "kept" not in r]   # growths' records hold what they kept
+    gas = s.phase("gas")
+    parts["search (GAS)"] = gas.read_done()["wall_s"] if gas.finished else 0.0
+    # training phases only: growths' records hold what they kept, GAS's (counted above) trains nothing
+    phases = [r for r in s.phase_records() if "kept" not in r and "device_s" in r]
     for rec in phases:
         train = rec.get("device_s", 0.0) / ranks
         parts["engine set-up"] += rec.get("setup_s", 0.0)

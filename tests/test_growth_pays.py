@@ -13,7 +13,8 @@ def test_paper_step_ratio_is_the_budget_fraction_where_growclip_reaches_tfs_chos
     assert paper_step_ratio(rows) == {"paper_step_ratio": 0.75, "paper_step_note": "linear between the step's two ends"}
     below = paper_step_ratio(_rows("growclip", {3: 50.0, 4: 55.0}) + _rows("tfs-chosen", {4: 57.5}))
     assert below["paper_step_ratio"] is None and "55.00" in below["paper_step_note"] and "57.50" in below["paper_step_note"]
-    assert paper_step_ratio(_rows("growclip", {3: 58.0, 4: 60.0}) + _rows("tfs-chosen", {4: 57.5}))["paper_step_ratio"] == 0.0
+    free = paper_step_ratio(_rows("growclip", {3: 58.0, 4: 60.0}) + _rows("tfs-chosen", {4: 57.5}))
+    assert free["paper_step_ratio"] == 0.0 and "step 3 model (58.00)" in free["paper_step_note"]
 
 
 def test_cumulative_ratio_crosses_the_growclip_curve():
