@@ -252,6 +252,11 @@ def main() -> int:
                 "architecture, every method at every step", "seeds": sorted({r["seed"] for r in rows}),
                 "quality": "mean zero-shot top-1 (%) on the test split; i2t_r1: image-to-text R@1 (%)",
                 "choices": "variants ranked by mean selection-split top-1 over steps 2-4"}
+    made = {seed: [*(e["command"] for e in r.get("earlier", [])), r["command"], *r.get("later_commands", [])]
+            for seed, f in (seeds_of(Path(args.runs)).items() if args.runs else ()) if (f / "reproduce.json").exists()
+            for r in [json.loads((f / "reproduce.json").read_text())]}
+    if made:   # the settings each seed's runs trained with (micro-batch, warm-up, budget ...), as run
+        protocol["commands"] = made
     eff = {**efficiency(rows), **paper_step_ratio(rows)}
     protocol["step1_arch"] = args.step1_arch
     headroom = json.loads(Path(args.headroom).read_text())["headroom"] if args.headroom else []

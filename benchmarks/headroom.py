@@ -101,28 +101,33 @@ def plan(cfg, src: Path, out: Path, data_steps: list[int], seeds: list[int], epo
     return runs
 
 
-def run_all(runs: list[dict], config: str, overrides: list[str], jobs: int, threads: int, logs: Path) -> list[str]:
-    """Launch the unfinished runs, ``jobs`` at a time (one rank each); returns the failed folders."""
-    todo = [r for r in runs if not RunDir(r["folder"]).step(1).finished]
+def run_all(runs: list[dict], config: str, overrides: list[str], jobs: int, threads: int, logs: Path,
+            tag: str = "headroom") -> list[str]:
+    """Launch the unfinished runs, ``jobs`` at a time (one rank each); returns the failed folders. A run trains
+    growth step ``run["step"]`` (default 1) with the extra launcher arguments ``run["args"]`` (e.g. --method)."""
+    def finished(r):
+        return RunDir(r["folder"]).step(r.get("step", 1)).finished
+
+    todo = [r for r in runs if not finished(r)]
     logs.mkdir(parents=True, exist_ok=True)
     running, failed, t0, n = [], [], time.time(), len(todo)
-    print(f"[headroom] {len(runs) - n} of {len(runs)} runs already done; {n} to run, {jobs} at a time", flush=True)
+    print(f"[{tag}] {len(runs) - n} of {len(runs)} runs already done; {n} to run, {jobs} at a time", flush=True)
     while todo or running:
         for r, p, started, log in list(running):
             if p.poll() is None:
                 continue
             running.remove((r, p, started, log))
             log.close()
-            ok = p.returncode == 0 and RunDir(r["folder"]).step(1).finished
+            ok = p.returncode == 0 and finished(r)
             failed += [] if ok else [str(r["folder"])]
             done = n - len(todo) - len(running)
-            print(f"[headroom] {done}/{n} {'done' if ok else 'FAILED'} {r['folder']} ({time.time() - started:.0f} s; "
+            print(f"[{tag}] {done}/{n} {'done' if ok else 'FAILED'} {r['folder']} ({time.time() - started:.0f} s; "
                   f"elapsed {(time.time() - t0) / 60:.1f} min)", flush=True)
         while todo and len(running) < jobs:
             r = todo.pop(0)
-            cmd = local_command(["launchers/grow.py", "--step", "1", "--config", config, "--run-dir", str(r["folder"]),
-                                 "--no-progress"] + sum((["--set", s] for s in overrides + r["sets"]), []), 1,
-                                launcher="python")
+            cmd = local_command(["launchers/grow.py", "--step", str(r.get("step", 1)), *r.get("args", ()), "--config",
+                                 config, "--run-dir", str(r["folder"]), "--no-progress"]
+                                + sum((["--set", s] for s in overrides + r["sets"]), []), 1, launcher="python")
             env = local_env(MASTER_PORT=str(free_port()), OMP_NUM_THREADS=str(threads))
             log = open(logs / ("_".join(r["folder"].parts[-4:]) + ".log"), "w")
             log.write("$ " + shlex.join(cmd) + "\n")

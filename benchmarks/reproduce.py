@@ -234,6 +234,19 @@ class Runner:
         return not self.failed
 
 
+def merged_record(before: dict, now: dict) -> dict:
+    """A resumed comparison's record: on the same settings the work of every invocation adds up, and a command
+    other than the first (e.g. another --methods list) is kept in ``later_commands``; on other settings ``now``,
+    with the records before it kept in ``earlier`` (their runs are still in the folder)."""
+    if before.get("overrides") != now["overrides"]:
+        return {**now, "earlier": before.get("earlier", []) + [{k: v for k, v in before.items() if k != "earlier"}]}
+    earlier = before.get("later_commands", [])
+    later = earlier + ([now["command"]] if now["command"] not in [before["command"], *earlier] else [])
+    return {**now, "steps_run": before["steps_run"] + now["steps_run"], "invocations": before.get("invocations", 1) + 1,
+            "wall_min": round(before["wall_min"] + now["wall_min"], 1), "command": before["command"],
+            **({"later_commands": later} if later else {})}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="demo")
@@ -298,11 +311,8 @@ def main() -> int:
               "finished": time.strftime("%Y-%m-%d %H:%M %Z"), "steps_run": runner.succeeded,
               "wall_min": round((time.time() - t0) / 60, 1), "invocations": 1}
     path = out / "reproduce.json"
-    if path.exists() and runner.total:   # a resumed comparison: the work of every invocation adds up
-        before = json.loads(path.read_text())
-        if before.get("overrides") == sets:
-            record.update(steps_run=before["steps_run"] + runner.succeeded, invocations=before.get("invocations", 1) + 1,
-                          wall_min=round(before["wall_min"] + record["wall_min"], 1), command=before["command"])
+    if path.exists() and runner.total:
+        record = merged_record(json.loads(path.read_text()), record)
     if runner.total or not path.exists():   # nothing run: keep the record of the runs that did the work
         path.write_text(json.dumps(record, indent=1))
     from growclip_train.compare import write_comparison

@@ -121,6 +121,25 @@ def test_reproduce_plan_matches_the_tables():
     assert phases_before({"st", "gas", "pim3"}) == ("pim1",) and phases_before({"pim1"}) == ()
 
 
+def test_a_resumed_comparison_adds_its_work_and_keeps_every_command():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.reproduce import merged_record
+
+    first = {"command": "reproduce.py --methods twp", "overrides": ["a=1"], "steps_run": 3, "wall_min": 2.0}
+    more = {"command": "reproduce.py --methods tfs", "overrides": ["a=1"], "steps_run": 2, "wall_min": 1.5}
+    rec = merged_record(first, more)
+    assert (rec["command"], rec["later_commands"]) == (first["command"], [more["command"]])
+    assert (rec["steps_run"], rec["wall_min"], rec["invocations"]) == (5, 3.5, 2)
+    again = merged_record(rec, {**more, "steps_run": 1, "wall_min": 0.5})     # the same command resumed
+    assert again["later_commands"] == [more["command"]] and (again["steps_run"], again["invocations"]) == (6, 3)
+    assert "later_commands" not in merged_record(first, {**first, "steps_run": 1, "wall_min": 1.0})
+    other = {**more, "overrides": ["a=2"]}     # other settings: counted apart, the earlier records kept
+    assert merged_record(rec, other) == {**other, "earlier": [rec]}
+    assert merged_record(merged_record(rec, other), first)["earlier"] == [rec, other]
+
+
 def test_kept_and_table5_per_inheritance_mode(tmp_path):
     """A growclip run per mode: Table 5 splits by growth.inherit (plain-inheritance rows in both), and
     the kept figures of pim1/pim3 appear per run."""
