@@ -13,7 +13,8 @@ split as it splits them (the step's budget: B x N^t x the step-1 net's FLOPs per
 whole global batch per step (the demo's two ranks see the same negatives), ``--jobs`` at once; re-running skips
 finished arms. Scores: mean zero-shot top-1 on the selection split (what every choice reads) and on the test
 split (reported). Writes ``grow_or_continue.md`` and ``summary.json`` ({"protocol", "rows", "paired"}: per
-budget and grown arm the per-seed difference grown - continued on the selection split, its mean and sd).
+budget and grown arm the per-seed difference grown - continued on the selection split, its mean and sd;
+"paired_i2t_r1": the same for the test split's image-to-text R@1).
 """
 from __future__ import annotations
 
@@ -65,9 +66,9 @@ def prepare(source: Path, folder: Path, step: int) -> None:
         shutil.copytree(src.tokenizer, dst.tokenizer)
 
 
-def paired(rows: list[dict]) -> list[dict]:
-    """Per budget and grown arm: the per-seed selection-split difference grown - continued, mean and sd."""
-    by = {(r["budget"], r["arm"], r["seed"]): r["top1_mean"] for r in rows}
+def paired(rows: list[dict], key: str = "top1_mean") -> list[dict]:
+    """Per budget and grown arm: the per-seed difference grown - continued of ``key``, mean and sd."""
+    by = {(r["budget"], r["arm"], r["seed"]): r[key] for r in rows}
     out = []
     for b, arm in sorted({(r["budget"], r["arm"]) for r in rows if r["arm"] != CONTINUE}):
         seeds = sorted(s for (bb, a, s) in by if (bb, a) == (b, arm) and (b, CONTINUE, s) in by)
@@ -90,8 +91,8 @@ def row_of(folder: Path, step: int, budget: float, arm: str, seed: int) -> dict 
 
 
 def table(rows: list[dict], pairs: list[dict]) -> list[str]:
-    out = ["| budget | arm | params | selection top-1 per seed | mean ± sd | test top-1, mean | grown - continued "
-           "(selection), per seed: mean ± sd |", "|---|---|---|---|---|---|---|"]
+    out = ["| budget | arm | params | selection top-1 per seed | mean ± sd | test top-1, mean | test i2t R@1, mean | "
+           "grown - continued (selection), per seed: mean ± sd |", "|---|---|---|---|---|---|---|---|"]
     diff = {(p["budget"], p["arm"]): p for p in pairs}
     for b, arm in sorted({(r["budget"], r["arm"]) for r in rows}, key=lambda k: (k[0], k[1] != CONTINUE, k[1])):
         rs = sorted((r for r in rows if (r["budget"], r["arm"]) == (b, arm)), key=lambda r: r["seed"])
@@ -100,7 +101,8 @@ def table(rows: list[dict], pairs: list[dict]) -> list[str]:
         p = diff.get((b, arm))
         d = "-" if p is None else f"{', '.join(f'{x:+.1f}' for x in p['diff'])}: {p['mean']:+.1f} ± {p['sd']:.1f}"
         out.append(f"| {b:g} | {arm} | {rs[0]['params']:,} | {', '.join(f'{x:.1f}' for x in sel)} | "
-                   f"{statistics.fmean(sel):.1f} ± {sd:.1f} | {statistics.fmean(r['test_top1_mean'] for r in rs):.1f} | {d} |")
+                   f"{statistics.fmean(sel):.1f} ± {sd:.1f} | {statistics.fmean(r['test_top1_mean'] for r in rs):.1f} | "
+                   f"{statistics.fmean(r['i2t_r1'] for r in rs):.1f} | {d} |")
     return out
 
 
@@ -146,7 +148,8 @@ def main(argv=None) -> int:
     protocol = {"runs": str(a.runs), "source": a.source, "step": a.step, "config": a.config, "sets": a.set,
                 "candidates": a.candidates, "budgets": budgets, "ranks": 1, "machine": machine(),
                 "quality": "top1_mean: selection split; test_top1_mean: test split (%)"}
-    (out / "summary.json").write_text(json.dumps({"protocol": protocol, "rows": rows, "paired": pairs}, indent=1))
+    summary = {"protocol": protocol, "rows": rows, "paired": pairs, "paired_i2t_r1": paired(rows, "i2t_r1")}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print("\n".join(lines))
     if failed:
         print(f"[grow_or_continue] {len(failed)} run(s) failed, first: {failed[0]} (logs: {out / 'logs'})",

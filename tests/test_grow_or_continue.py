@@ -58,3 +58,6 @@ def test_paired_differences_are_per_seed_grown_minus_continued():
     mean = (1.0 + 0.6 - 1.8) / 3
     sd = (sum((d - mean) ** 2 for d in (1.0, 0.6, -1.8)) / 2) ** 0.5
     assert p["mean"] == round(mean, 2) and p["sd"] == round(sd, 2)
+    for r in rows:
+        r["i2t_r1"] = 50.0 + r["seed"] if r["arm"] == CONTINUE else 40.0
+    assert [q["diff"] for q in paired(rows, "i2t_r1")] == [[-10.0, -11.0, -12.0]]
