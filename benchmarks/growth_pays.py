@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import new_plot, save_plot  # noqa: E402
+from benchmarks.reproduce import record_commands  # noqa: E402
 from growclip_train.report import step_rows  # noqa: E402
 from growclip_train.rundir import RunDir  # noqa: E402
 
@@ -252,9 +253,8 @@ def main() -> int:
                 "architecture, every method at every step", "seeds": sorted({r["seed"] for r in rows}),
                 "quality": "mean zero-shot top-1 (%) on the test split; i2t_r1: image-to-text R@1 (%)",
                 "choices": "variants ranked by mean selection-split top-1 over steps 2-4"}
-    made = {seed: [*(e["command"] for e in r.get("earlier", [])), r["command"], *r.get("later_commands", [])]
-            for seed, f in (seeds_of(Path(args.runs)).items() if args.runs else ()) if (f / "reproduce.json").exists()
-            for r in [json.loads((f / "reproduce.json").read_text())]}
+    made = {seed: record_commands(json.loads((f / "reproduce.json").read_text()))
+            for seed, f in (seeds_of(Path(args.runs)).items() if args.runs else ()) if (f / "reproduce.json").exists()}
     if made:   # the settings each seed's runs trained with (micro-batch, warm-up, budget ...), as run
         protocol["commands"] = made
     eff = {**efficiency(rows), **paper_step_ratio(rows)}

@@ -240,11 +240,16 @@ def merged_record(before: dict, now: dict) -> dict:
     with the records before it kept in ``earlier`` (their runs are still in the folder)."""
     if before.get("overrides") != now["overrides"]:
         return {**now, "earlier": before.get("earlier", []) + [{k: v for k, v in before.items() if k != "earlier"}]}
-    earlier = before.get("later_commands", [])
-    later = earlier + ([now["command"]] if now["command"] not in [before["command"], *earlier] else [])
+    known = before.get("later_commands", [])
+    later = known + ([now["command"]] if now["command"] not in [before["command"], *known] else [])
     return {**now, "steps_run": before["steps_run"] + now["steps_run"], "invocations": before.get("invocations", 1) + 1,
             "wall_min": round(before["wall_min"] + now["wall_min"], 1), "command": before["command"],
             **({"later_commands": later} if later else {})}
+
+
+def record_commands(record: dict) -> list[str]:
+    """Every command a comparison folder's reproduce.json records, first to last."""
+    return [c for r in [*record.get("earlier", []), record] for c in [r["command"], *r.get("later_commands", [])]]
 
 
 def main() -> int:

@@ -125,7 +125,7 @@ def test_a_resumed_comparison_adds_its_work_and_keeps_every_command():
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.reproduce import merged_record
+    from benchmarks.reproduce import merged_record, record_commands
 
     first = {"command": "reproduce.py --methods twp", "overrides": ["a=1"], "steps_run": 3, "wall_min": 2.0}
     more = {"command": "reproduce.py --methods tfs", "overrides": ["a=1"], "steps_run": 2, "wall_min": 1.5}
@@ -138,6 +138,7 @@ def test_a_resumed_comparison_adds_its_work_and_keeps_every_command():
     other = {**more, "overrides": ["a=2"]}     # other settings: counted apart, the earlier records kept
     assert merged_record(rec, other) == {**other, "earlier": [rec]}
     assert merged_record(merged_record(rec, other), first)["earlier"] == [rec, other]
+    assert record_commands(merged_record(rec, other)) == [first["command"], more["command"], more["command"]]
 
 
 def test_kept_and_table5_per_inheritance_mode(tmp_path):
