@@ -30,6 +30,12 @@ def setup(tiny_data, request):
     return model, sets, tok
 
 
+@pytest.fixture(scope="module")
+def supernet_and_tokenizer(tiny_data):
+    """What the prompt-batching test needs, once: it reads no evaluation set, so it does not run per kind."""
+    return GrowCLIP(SUPER, seed=11), TextTokenizer(tiny_data / "tokenizer", SUPER.context_length)
+
+
 def _run(model, sets, tok, d):
     return run_gas(model, PREV, CFG.growth, sets, tok, StepDir(d, 2), param_count(PREV), n_prev=1, n_now=2,
                    progress=False)
@@ -76,13 +82,13 @@ def test_restarted_gas_scores_only_the_rest(setup, tmp_path):
     assert all(f.stat().st_mtime_ns == t for f, t in kept.items())  # finished variants were not redone
 
 
-def test_gas_encodes_imagenet_sized_prompt_sets_in_bounded_batches(setup):
+def test_gas_encodes_imagenet_sized_prompt_sets_in_bounded_batches(supernet_and_tokenizer):
     """1000 classes x 80 templates: every GAS text variant feeds the encoder at most ``batch`` prompts
     at once (activation memory set by the batch, not by classes x templates), and the classifier rows
     equal a per-class recomputation."""
     from growclip_train.gas import text_embeddings
 
-    model, _, tok = setup
+    model, tok = supernet_and_tokenizer
     dset = type("Set", (), {"name": "imagenet-like", "kind": "zeroshot",
                             "classes": [f"class {i}" for i in range(1000)],
                             "templates": [f"photo {j} of a {{c}}" for j in range(80)]})()
