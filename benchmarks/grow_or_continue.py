@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine  # noqa: E402
 from benchmarks.growth_pays import seeds_of, selection_top1  # noqa: E402
 from benchmarks.headroom import run_all  # noqa: E402
+from benchmarks.reproduce import protocol_sets  # noqa: E402
 from growclip_train.report import step_rows  # noqa: E402
 from growclip_train.rundir import RunDir  # noqa: E402
-from growclip_train.step_phases import split_epochs  # noqa: E402
 
 CONTINUE = "continue"
 
@@ -134,8 +134,7 @@ def main(argv=None) -> int:
             for arm, args in arms([int(c) for c in a.candidates.split(",")], a.step).items():
                 run = out / f"b{b:g}" / f"s{seed}" / arm
                 prepare(folder / a.source, run, a.step)
-                sets = [*split_epochs(b), "train.checkpoint_every=1000", "train.match=flops", f"train.seed={seed}",
-                        f"train.micro_batch={cfg.train.global_batch}"]   # reproduce.py's settings
+                sets = [*protocol_sets(b, "flops", cfg.train.global_batch), f"train.seed={seed}"]   # one rank
                 runs.append({"folder": run, "step": a.step, "args": args, "sets": sets,
                              "row": {"budget": b, "arm": arm, "seed": seed}})
     threads = a.threads or max(1, (os.cpu_count() or 1) // a.jobs)

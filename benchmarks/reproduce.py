@@ -234,6 +234,15 @@ class Runner:
         return not self.failed
 
 
+def protocol_sets(budget: float, match: str, micro_batch: int) -> list[str]:
+    """The overrides every run of a comparison trains with: ``budget`` passes split over the phases, checkpoints
+    only at the end of these short phases, FLOP matching, the preset's warm-up (a forced 10 steps hid most of corpus
+    v2's headroom and growth's gain: docs/results/growth_v2_cpu2_2026-12-07 section 8) and no gradient accumulation
+    (each rank's contrastive loss sees the whole batch as negatives, as on the preset's own world size)."""
+    return [*split_epochs(budget), "train.checkpoint_every=1000", *(["train.match=flops"] if match == "flops" else []),
+            f"train.micro_batch={micro_batch}"]
+
+
 def merged_record(before: dict, now: dict) -> dict:
     """A resumed comparison's record: on the same settings the work of every invocation adds up, and a command
     other than the first (e.g. another --methods list) is kept in ``later_commands``; on other settings ``now``,
@@ -279,12 +288,7 @@ def main() -> int:
     ap.add_argument("--publish", default="", metavar="DIR",
                     help="also copy comparison.md, reproduce.json and the PNGs into DIR (e.g. under docs/results/)")
     args = ap.parse_args()
-    sets = split_epochs(args.budget) + ["train.checkpoint_every=1000"]
-    sets += ["train.match=flops"] if args.match == "flops" else []
-    # the preset's warm-up (a forced 10 steps hid most of corpus v2's headroom and growth's gain:
-    # docs/results/growth_v2_cpu2_2026-12-07 section 8) and no gradient accumulation (each rank's contrastive
-    # loss sees the whole batch as negatives, as on the preset's own world size)
-    sets += [f"train.micro_batch={load_config(args.config, args.set).train.global_batch // args.ranks}"]
+    sets = protocol_sets(args.budget, args.match, load_config(args.config, args.set).train.global_batch // args.ranks)
     sets += args.set
     cfg = load_config(args.config, sets)
     out = Path(args.out)
