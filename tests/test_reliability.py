@@ -29,55 +29,82 @@ def losses(run):
 @pytest.fixture(scope="module")
 @launches
 def resized(tiny_data, tmp_path_factory):
-    """Preempted on 2 ranks after one step, then resumed on 3 ranks and (a copy) on 1 rank."""
+    """One run folder through three world sizes (issue experiment 3 included): preempted on 2 ranks after one
+    step; resumed on 3 ranks, where rank 0 dies inside the save of step 4 (rank 2's optimizer file written);
+    resumed on 1 rank, which must not save step 4 into that half-written folder, and finishes. Each resume
+    converts the last checkpoint for its world size (universal checkpoints); ``snapshots`` keeps the checkpoint
+    folder as each launch left it (retention deletes the early checkpoints later)."""
     base = tmp_path_factory.mktemp("resize")
-    run = base / "two"
+    run = base / "run"
     run.mkdir()
+    args = common(tiny_data, run) + ["--set", "train.checkpoint_every=2", "--set", "train.num_samples=288",
+                                     "--set", "train.keep_checkpoints=3"]
+    ckpt = run / "step1" / "train" / "checkpoints"
+    out = {"src": run, "ckpt": ckpt, "launches": {}, "snapshots": {}}
+
+    def snapshot(ranks):
+        out["snapshots"][ranks] = shutil.copytree(ckpt, base / f"after{ranks}" / "checkpoints")
+
     stop = run / "STOP"   # what the SLURM batch script writes when preemption is announced: dated after the
     stop.write_text("")   # launch began, as the batch script's trap writes it (an older STOP is ignored)
     os.utime(stop, (time.time() + 600, time.time() + 600))
-    first = launch(common(tiny_data, run), ranks=2, check=False, launcher="deepspeed")   # it passes exit 3 on
+    out["launches"][2] = launch(args, ranks=2, check=False)   # torchrun (DeepSpeed's launcher: test_training)
+    out["evaluated_when_preempted"] = (run / "step1" / "eval.json").exists()
+    snapshot(2)
     stop.unlink()
-    out = {"first": first, "runs": {}}
-    for ranks in (3, 1):
-        dst = base / f"to{ranks}"
-        shutil.copytree(run, dst)
-        if ranks == 1:   # a STOP left by a killed job: older than the launch, ignored with a warning
-            (dst / "STOP").write_text("")
-            os.utime(dst / "STOP", (time.time() - 3600, time.time() - 3600))
-        out["runs"][ranks] = (dst, launch(common(tiny_data, dst), ranks=ranks))
-    out["src"] = run
+    out["launches"][3] = launch(args, ranks=3, check=False, env={"GROWCLIP_FAULT": "save@0:4"})
+    snapshot(3)
+    (run / "STOP").write_text("")   # a STOP left by a killed job: older than the launch, ignored with a warning
+    os.utime(run / "STOP", (time.time() - 3600, time.time() - 3600))
+    out["launches"][1] = launch(args, ranks=1)
+    snapshot(1)
     return out
 
 
 def test_preemption_checkpoints_and_exits_for_requeue(resized):
-    p = resized["first"]
+    p = resized["launches"][2]
     assert p.returncode == PREEMPTED_EXIT, p.stdout[-2000:] + p.stderr[-2000:]
-    ckpt = resized["src"] / "step1" / "train" / "checkpoints"
+    ckpt = resized["snapshots"][2]
     assert checkpoint.latest_tag(ckpt) == "global_step1" and checkpoint.verify(ckpt / "global_step1") is None
-    assert not (resized["src"] / "step1" / "eval.json").exists()
+    assert [d.name for d in ckpt.glob("global_step*")] == ["global_step1"]
+    assert not resized["evaluated_when_preempted"]
 
 
-@pytest.mark.parametrize("ranks", [3, 1])
-def test_resume_at_another_world_size_restores_weights_and_moments(resized, ranks):
-    run, p = resized["runs"][ranks]
-    out = p.stdout + p.stderr
-    assert "converting" in out and f"at world size {ranks}" in out
+@pytest.mark.parametrize("ranks,tag", [(3, "global_step1"), (1, "global_step2")])
+def test_resume_at_another_world_size_restores_weights_and_moments(resized, ranks, tag):
+    out = resized["launches"][ranks].stdout + resized["launches"][ranks].stderr
+    assert "converting" in out and f"at world size {ranks}" in out and f"resuming from {resized['ckpt'] / tag}" in out
     if ranks == 1:   # the stale STOP did not stop it (it trained to the end, below), and the user was told
-        assert f"ignoring {run / 'STOP'}: it is older than this launch" in out
+        assert f"ignoring {resized['src'] / 'STOP'}: it is older than this launch" in out
     # the engine's check (weights exact, moments' summed squares) ran and passed; independently, the
-    # universal conversion holds exactly the weights that zero_to_fp32 reads from the 2-rank checkpoint
-    ckpt = run / "step1" / "train" / "checkpoints"
-    saved = checkpoint.consolidated_state_dict(ckpt, "global_step1")
+    # universal conversion holds exactly the weights that zero_to_fp32 reads from the checkpoint it converted
+    ckpt = resized["snapshots"][ranks]
+    saved = checkpoint.consolidated_state_dict(ckpt, tag)
     import torch
 
     for name, w in saved.items():
-        conv = torch.load(ckpt / "global_step1_universal" / "zero" / name / "fp32.pt", weights_only=True)["param"]
+        conv = torch.load(ckpt / f"{tag}_universal" / "zero" / name / "fp32.pt", weights_only=True)["param"]
         assert torch.equal(conv.float(), w)
-    seen = losses(run)
-    assert sorted(seen) == list(range(1, max(seen) + 1)) and (run / "step1" / "eval.json").exists()
+    assert checkpoint.read_meta(ckpt / tag)["world_size"] == {3: 2, 1: 3}[ranks]   # written by the launch before
     meta = checkpoint.read_meta(ckpt / checkpoint.latest_tag(ckpt))
     assert meta["world_size"] == ranks
+
+
+def test_crash_mid_save_then_resume_at_fewer_ranks_finishes(resized):
+    """Issue experiment 3: the rerun at fewer ranks used to save step 4 into the half-written folder of the
+    3-rank launch and fail to consolidate."""
+    crashed, ckpt, run = resized["launches"][3], resized["ckpt"], resized["src"]
+    assert crashed.returncode != 0 and "fault injection: SIGKILL" in crashed.stdout + crashed.stderr
+    assert len(list((resized["snapshots"][3] / "global_step4").glob("*optim_states.pt"))) == 3
+    assert checkpoint.latest_tag(resized["snapshots"][3]) == "global_step2"
+    p = resized["launches"][1]
+    assert f"removing {ckpt / 'global_step4'}" in p.stdout + p.stderr
+    assert (run / "step1" / "eval.json").exists()
+    kept = sorted(d.name for d in ckpt.glob("global_step?"))
+    assert kept == ["global_step2", "global_step4", "global_step6"]   # train.keep_checkpoints=3
+    assert len(list((ckpt / "global_step4").glob("*optim_states.pt"))) == 1
+    seen = losses(run)                    # redone steps log again: each step once in the dict
+    assert sorted(seen) == list(range(1, 7))
 
 
 def test_a_tampered_universal_conversion_is_converted_again_never_loaded(resized, tmp_path):
@@ -86,7 +113,7 @@ def test_a_tampered_universal_conversion_is_converted_again_never_loaded(resized
     import torch
 
     ckpt = tmp_path / "ckpt"
-    shutil.copytree(resized["runs"][1][0] / "step1" / "train" / "checkpoints", ckpt)
+    shutil.copytree(resized["snapshots"][3], ckpt)
     uni = ckpt / "global_step1_universal"
     assert checkpoint.verify(uni) is None and checkpoint.read_meta(uni) == {"universal_of": "global_step1"}
     marker = tmp_path / "RAN"
@@ -193,25 +220,6 @@ def test_undecodable_corpus_stops_with_the_shard_and_the_error(tiny_data, tmp_pa
     assert p.returncode != 0
     assert "200 undecodable samples in a row" in out and "UnidentifiedImageError" in out
     assert "/shards/0000" in out and ".tar" in out
-
-
-@pytest.mark.launch
-def test_crash_mid_save_then_resume_at_fewer_ranks_finishes(tiny_data, tmp_path, monkeypatch):
-    """Issue experiment 3: rank 0 dies inside the save of step 4 at 3 ranks (rank 2's optimizer file
-    is written); the rerun at 2 ranks used to save step 4 into that folder and fail to consolidate."""
-    run = tmp_path / "run"
-    args = common(tiny_data, run) + ["--set", "train.checkpoint_every=2", "--set", "train.num_samples=288",
-                                     "--set", "train.keep_checkpoints=2"]
-    monkeypatch.setenv("GROWCLIP_FAULT", "save@0:4")
-    assert launch(args, ranks=3, check=False).returncode != 0
-    ckpt = run / "step1" / "train" / "checkpoints"
-    assert len(list((ckpt / "global_step4").glob("*optim_states.pt"))) == 3
-    monkeypatch.delenv("GROWCLIP_FAULT")
-    p = launch(args, ranks=2)
-    assert f"removing {ckpt / 'global_step4'}" in p.stdout + p.stderr
-    assert (run / "step1" / "eval.json").exists()
-    assert sorted(d.name for d in ckpt.glob("global_step?")) == ["global_step4", "global_step6"]   # kept 2
-    assert len(list((ckpt / "global_step4").glob("*optim_states.pt"))) == 2
 
 
 @pytest.mark.launch

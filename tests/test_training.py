@@ -1,6 +1,7 @@
 """Step 1 for real on 2 ranks: DeepSpeed and torchrun launchers, ZeRO-2 (conftest.step1_run, shared with the
-growth tests) vs ZeRO-3, stop and resume, kill -9 of a rank while training, while saving and while
-consolidating, consolidation with DeepSpeed's zero_to_fp32, eval.json, signals."""
+growth tests) vs ZeRO-3, stop and resume, kill -9 of rank 0 while saving (steps trained past the last
+checkpoint are lost and redone) and while consolidating, consolidation with DeepSpeed's zero_to_fp32,
+eval.json, signals."""
 import json
 import os
 import shutil
@@ -31,9 +32,11 @@ def runs(step1_run, tiny_data, tmp_path_factory):
     killed = common + ["--run-dir", str(base / "killed"), "--set", "train.zero_stage=2",
                        "--set", "train.checkpoint_every=2", "--set", "data.num_workers=1"]
     out["killed"], out["kills"] = base / "killed", []
-    for fault in ("train@1:3", "save@0:4", "consolidate@0"):   # each relaunch resumes, then dies again
-        # DeepSpeed's launcher for the first (a killed rank's peer is stopped by it), torchrun for the others
-        p = launch(killed, launcher="deepspeed" if fault == "train@1:3" else None, check=False,
+    # the save of step 4 killed: steps 3-4 trained since the last checkpoint are lost and trained again, as after a
+    # kill mid-step (one launch fewer than killing in both places; test_chaos.py kills ranks at random moments)
+    for fault in ("save@0:4", "consolidate@0"):   # the relaunch resumes, then dies again
+        # DeepSpeed's launcher for the first (a killed rank's peer is stopped by it), torchrun for the other
+        p = launch(killed, launcher="deepspeed" if fault == "save@0:4" else None, check=False,
                    env={"GROWCLIP_FAULT": fault})
         out["kills"].append((fault, p.returncode, p.stdout + p.stderr))
     # the phase's last checkpoint (what `latest` names) corrupted before its consolidation: the rerun
@@ -104,9 +107,9 @@ def test_kill_9_anywhere_loses_nothing_and_resumes_the_same_run(runs):
     for fault, rc, out in runs["kills"]:
         assert rc != 0 and "fault injection: SIGKILL" in out, fault
     # the save killed at step 4 (its files written, manifest and 'latest' not): the next start resumed step 2
-    assert "resuming from" in runs["kills"][2][2] and "global_step2" in runs["kills"][2][2]
+    assert "resuming from" in runs["kills"][1][2] and "global_step2" in runs["kills"][1][2]
     # rank 0 was killed holding the run folder's lock: the next launch took it over (a dead holder never blocks)
-    assert "taking over" in runs["kills"][2][2] and "is gone" in runs["kills"][2][2]
+    assert "taking over" in runs["kills"][1][2] and "is gone" in runs["kills"][1][2]
     final = runs["final"].stdout + runs["final"].stderr
     assert "refusing checkpoint" in final and "global_step12" in final and "global_step10 instead" in final
     assert "moved the refused checkpoint(s) global_step12" in final
@@ -253,8 +256,9 @@ def test_sigterm_and_sigusr1_to_one_rank_checkpoint_exit_3_and_resume_exactly(ru
     for sig, rank in ((signal.SIGTERM, 1), (signal.SIGUSR1, 0)):
         done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
         # the SIGTERM run steps slower: time for a second launch (below) while it trains
-        # DeepSpeed's launcher passes the ranks' exit code 3 on (growclip_train.torchrun too: test_slurm.py)
-        proc = start(args, launcher="deepspeed", env={"GROWCLIP_FAULT_DELAY": "2" if sig == signal.SIGTERM else "0.5"})
+        # DeepSpeed's launcher passes the ranks' exit code 3 on, and growclip_train.torchrun too
+        proc = start(args, launcher="deepspeed" if sig == signal.SIGTERM else "torchrun",
+                     env={"GROWCLIP_FAULT_DELAY": "2" if sig == signal.SIGTERM else "0.5"})
         deadline = time.time() + 120
         while (not metrics.exists() or len(metrics.read_text().splitlines()) < done + 2) and time.time() < deadline:
             time.sleep(0.2)
