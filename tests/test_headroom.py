@@ -38,6 +38,9 @@ def test_verdict_hand_computed():
     agg = headroom.aggregate(rows)
     assert agg[(4, "samples")]["wider"]["mean"] == 90 and agg[(4, "samples")]["wider"]["sd"] == pytest.approx(1.0)
     assert headroom.verdict(_rows(1, "flops", {"base": 50, "wider": 51}), 1, 1)["D1"]["holds"]
+    # a map of D^T alone (--data-steps 4) is held to the D^T threshold, not D^1's
+    alone = headroom.verdict(_rows(4, "flops", {"base": 60, "wider": 65.5}), 4, 4)["D4"]
+    assert alone["want"] == "headroom" and alone["holds"] and alone["gains_2_4x"] == {"wider": 5.5}
 
 
 def test_sizes_span_a_third_to_three_times_the_step1_net():
