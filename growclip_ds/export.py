@@ -114,17 +114,16 @@ def open_clip_state(state: dict, arch: ArchConfig) -> dict[str, torch.Tensor]:
 
 
 def shifted_tokenizer(tok, context_length: int):
-    """A fast HF tokenizer whose ids are ``tok.tok``'s + 1 (0: a new pad token) and that adds the
+    """A fast HF tokenizer whose ids are ``tok.backend``'s + 1 (0: a new pad token) and that adds the
     start and end tokens itself: it returns exactly ``TextTokenizer``'s ids when asked to pad and
     truncate to ``context_length``."""
     from tokenizers import Tokenizer, processors
     from transformers import PreTrainedTokenizerFast
 
-    hf = tok.tok
-    if not getattr(hf, "is_fast", False):
+    if tok.backend is None:
         raise InputError("export needs a fast (tokenizer.json) tokenizer; save yours with transformers first")
-    spec = json.loads(hf.backend_tokenizer.to_str())
-    vocab = spec["model"].get("vocab")
+    spec = json.loads(tok.backend.to_str())
+    vocab, unk = spec["model"].get("vocab"), spec["model"].get("unk_token")
     if not isinstance(vocab, dict):
         raise InputError(f"export: a {spec['model'].get('type')} tokenizer's ids cannot be shifted (BPE, WordPiece "
                          "and WordLevel can)")
@@ -134,13 +133,13 @@ def shifted_tokenizer(tok, context_length: int):
          "special": True}]
     spec["padding"] = spec["truncation"] = spec["post_processor"] = None
     backend = Tokenizer.from_str(json.dumps(spec))
-    sot = None if tok.sot is None else hf.convert_ids_to_tokens(tok.sot)
-    eot = hf.convert_ids_to_tokens(tok.eot)
+    sot = None if tok.sot is None else tok.backend.id_to_token(tok.sot)
+    eot = tok.backend.id_to_token(tok.eot)
     ends = [(t, backend.token_to_id(t)) for t in (sot, eot) if t is not None]
     backend.post_processor = processors.TemplateProcessing(
         single=" ".join([sot] * (sot is not None) + ["$A", eot]), special_tokens=ends)
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=sot, eos_token=eot, pad_token=PAD,
-                                   unk_token=hf.unk_token, model_max_length=context_length)
+                                   unk_token=unk, model_max_length=context_length)
 
 
 def hf_config(arch: ArchConfig, tokenizer, logit_scale: float):

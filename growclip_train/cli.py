@@ -29,7 +29,7 @@ from growclip_ds.data.manifest import MANIFEST
 from growclip_ds.errors import USER_ERRORS, InputError
 from growclip_ds.fileio import atomic_write_text
 from growclip_train.presets import load_config
-from growclip_train import exit_codes
+from growclip_train import exit_codes, gc_policy
 from growclip_train.local_launch import local_command, local_env
 from growclip_train.log import add_arguments as add_log_arguments, setup as setup_log
 
@@ -323,6 +323,7 @@ def main(argv=None) -> int:
 
     args = parser().parse_args(argv)
     setup_log(args.log_level, args.log_ranks)
+    gc_policy.skip_exit_collection()
     try:
         return args.fn(args)
     except (*USER_ERRORS, RunLocked, CheckpointError) as e:

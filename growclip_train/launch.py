@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
-from growclip_train import exit_codes
+from growclip_train import exit_codes, gc_policy
 from growclip_train.log import add_arguments as add_log_arguments, log, setup as setup_log
 
 
@@ -234,6 +234,7 @@ def main(argv=None) -> int:
     from growclip_train.train import preempt
 
     die_with_launcher()
+    gc_policy.skip_exit_collection()
     preempt.mark_launch()   # a STOP file older than this is a killed job's, not a request to this launch
     lock = _Lock()
     try:
@@ -249,7 +250,10 @@ def _main(args, lock) -> int:
     from growclip_train.train.signing import CheckpointKeyError
 
     try:
-        plan = check(args, lock)
+        with gc_policy.loading_libraries():
+            plan = check(args, lock)
+            from growclip_train.phases import run_phase_of_step   # the trainer, torchvision
+            import deepspeed  # noqa: F401
     except ConfigError as e:
         log.error(f"config error: {e}")
         return exit_codes.USAGE
@@ -258,7 +262,6 @@ def _main(args, lock) -> int:
         return exit_codes.USAGE
     from growclip_ds.data.loader import DataStall
     from growclip_train import provenance
-    from growclip_train.phases import run_phase_of_step
     from growclip_train.train import preempt
     from growclip_train.train.checkpoint import CheckpointError
     from growclip_train.train.nonfinite import NONFINITE_EXIT, NonFiniteError

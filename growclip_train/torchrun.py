@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from growclip_train import exit_codes
+from growclip_train import exit_codes, gc_policy
 
 PLANNED = {exit_codes.PREEMPTED: "preempted: the ranks checkpointed and stopped; rerun the same command to resume"}
 
@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    gc_policy.skip_exit_collection()
     try:
         run(parse_args(argv))
     except ChildFailedError as e:

@@ -131,6 +131,35 @@ def test_tokenizer_shifts_ids_and_ends_with_eot(tiny_data):
     assert tok.vocab_size <= 512
 
 
+def test_plain_bpe_read_without_transformers_gives_transformers_ids(tiny_data, tmp_path):
+    """The built-in BPE folder is read with ``tokenizers`` alone and gives transformers' AutoTokenizer's ids; a copy
+    whose config names another class (CLIP's) is read by transformers, as that class splits text."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    texts = ["two red circles on the left", "A BLUE Square, right of 3 tiny stars!", "", "ünïcödé café 東京",
+             "zzqx unknownword " * 6, "the  spaces\tand\nlines"]
+    hf = AutoTokenizer.from_pretrained(str(tiny_data / "tokenizer"))
+    plain = TextTokenizer(tiny_data / "tokenizer", context_length=128)
+    assert type(plain.backend).__module__.startswith("tokenizers")
+    expect = torch.zeros(len(texts), 128, dtype=torch.long)
+    for i, ids in enumerate(hf(texts, add_special_tokens=False)["input_ids"]):
+        ids = [hf.bos_token_id, *ids, hf.eos_token_id]
+        expect[i, :len(ids)] = torch.tensor(ids) + 1
+    assert torch.equal(plain(texts), expect)
+    assert (plain.sot, plain.eot, plain.vocab_size) == (hf.bos_token_id, hf.eos_token_id, len(hf) + 1)
+    other = shutil.copytree(tiny_data / "tokenizer", tmp_path / "other")
+    config = json.loads((other / "tokenizer_config.json").read_text())
+    (other / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "CLIPTokenizer"}))
+    clip, via_hf = AutoTokenizer.from_pretrained(str(other)), TextTokenizer(other, context_length=128)
+    got = via_hf(texts)   # CLIP's own splitting of the same files: other ids, read as transformers reads them
+    assert not torch.equal(got, expect)
+    for row, ids in zip(got, clip(texts, add_special_tokens=False)["input_ids"]):
+        assert row[:len(ids) + 2].tolist() == [clip.bos_token_id + 1, *(i + 1 for i in ids), clip.eos_token_id + 1]
+
+
 def _plan(shards, **kw):
     base = dict(shards=shards, seed=3, epoch=0, rank=0, world=1, micro_batch=8, batches=6, num_workers=0,
                 resample=True, shuffle_buffer=16)

@@ -27,11 +27,10 @@ def _losses(run):
 def runs(step1_run, tiny_data, tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
     common = STEP1[:-4] + ["--set", f"data.root={tiny_data}"]       # conftest.STEP1 without its ZeRO stage and monitors
-    out = {"zero2": step1_run, "zero3": base / "zero3"}
-    launch(common + ["--run-dir", str(out["zero3"]), "--set", "train.zero_stage=3"])
-    killed = common + ["--run-dir", str(base / "killed"), "--set", "train.zero_stage=2",
+    # the killed run is ZeRO-3: it is also the ZeRO-3 run that ZeRO-2's (step1_run) is compared with
+    killed = common + ["--run-dir", str(base / "killed"), "--set", "train.zero_stage=3",
                        "--set", "train.checkpoint_every=2", "--set", "data.num_workers=1"]
-    out["killed"], out["kills"] = base / "killed", []
+    out = {"zero2": step1_run, "killed": base / "killed", "kills": []}
     # the save of step 4 killed: steps 3-4 trained since the last checkpoint are lost and trained again, as after a
     # kill mid-step (one launch fewer than killing in both places; test_chaos.py kills ranks at random moments)
     for fault in ("save@0:4", "consolidate@0"):   # the relaunch resumes, then dies again
@@ -52,13 +51,17 @@ def runs(step1_run, tiny_data, tmp_path_factory):
 
 
 def test_zero2_and_zero3_give_the_same_weights(runs):
+    """ZeRO-3 (the killed and resumed run, whose redone steps log again: the last of each) ends where ZeRO-2 does."""
     a = load_file(runs["zero2"] / "step1" / "model.safetensors")
-    b = load_file(runs["zero3"] / "step1" / "model.safetensors")
+    b = load_file(runs["killed"] / "step1" / "model.safetensors")
     init = PRESETS["tiny"].arch
     assert a.keys() == b.keys() and sum(v.numel() for v in a.values()) == param_count(init)
     moved = max((a[k] - b[k]).abs().max().item() for k in a)
     assert moved <= 1e-5
-    assert _losses(runs["zero2"])[1] == pytest.approx(_losses(runs["zero3"])[1], abs=1e-5)
+    steps, losses = _losses(runs["killed"])
+    last = dict(zip(steps, losses))
+    ref_steps, ref = _losses(runs["zero2"])
+    assert sorted(last) == ref_steps and [last[s] for s in ref_steps] == pytest.approx(ref, abs=1e-5)
 
 
 def test_deepspeed_monitors_record_what_metrics_jsonl_records(runs):
@@ -115,13 +118,7 @@ def test_kill_9_anywhere_loses_nothing_and_resumes_the_same_run(runs):
     assert "moved the refused checkpoint(s) global_step12" in final
     refused = list((runs["killed"] / "step1" / "train" / "checkpoints" / "refused").glob("global_step12.*"))
     assert len(refused) == 1 and (refused[0] / "zero_pp_rank_0_mp_rank_00_optim_states.pt").exists()   # kept
-    steps, losses = _losses(runs["killed"])          # redone steps log again: keep the last of each
-    last = dict(zip(steps, losses))
-    ref_steps, ref = _losses(runs["zero2"])
-    assert sorted(last) == ref_steps and [last[s] for s in ref_steps] == pytest.approx(ref, abs=1e-6)
-    a = load_file(runs["zero2"] / "step1" / "model.safetensors")
-    b = load_file(runs["killed"] / "step1" / "model.safetensors")
-    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    # that it ends as the uninterrupted run does: test_zero2_and_zero3_give_the_same_weights
     ckpt = runs["killed"] / "step1" / "train" / "checkpoints"
     from growclip_train.train.checkpoint import verify
 
@@ -144,7 +141,7 @@ def test_corrupt_or_truncated_checkpoint_is_refused_for_the_previous(runs, tmp_p
         f.write(bytes([byte[0] ^ 0xFF]))
     assert pick_tag(ckpt, log=said.append) == "global_step10"
     assert str(optim) in said[0] and "keyed hash" in said[0] and "global_step10 instead" in said[1]
-    model = ckpt / "global_step10" / "mp_rank_00_model_states.pt"
+    model = ckpt / "global_step10" / "zero_pp_rank_0_mp_rank_00_model_states.pt"   # ZeRO-3's name
     os.truncate(model, os.path.getsize(model) // 2)
     said.clear()
     assert pick_tag(ckpt, log=said.append) == "global_step8"

@@ -1,4 +1,5 @@
-"""Text tokenization: a BPE tokenizer trained on the corpus captions, loaded through ``transformers``.
+"""Text tokenization: a BPE tokenizer trained on the corpus captions, read with ``tokenizers`` (any other
+Hugging Face tokenizer folder through ``transformers``).
 
 Default (offline, any machine): ``growclip-ds data make`` / ``data split`` train a BPE on the
 captions of growth step 1 into ``<data.root>/tokenizer``. Any local Hugging Face tokenizer folder
@@ -38,36 +39,68 @@ def train_bpe(captions, out_dir, vocab_size: int) -> Path:
     return out_dir
 
 
+# tokenizer_config.json classes of a plain ``tokenizers`` BPE saved by transformers (train_bpe's output: v5
+# names it TokenizersBackend, v4 PreTrainedTokenizerFast): read with ``tokenizers`` alone, without importing
+# transformers (1.2 s in every rank and phase process; the ids are the same, tests/test_data.py)
+PLAIN_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+
+
 class TextTokenizer:
-    """Callable: list of captions -> LongTensor (n, context_length) of model ids (tokenizer id + 1)."""
+    """Callable: list of captions -> LongTensor (n, context_length) of model ids (tokenizer id + 1).
+    ``backend``: the ``tokenizers.Tokenizer`` underneath (None for a slow, vocab.json-only tokenizer)."""
 
     def __init__(self, path, context_length: int):
-        from transformers import AutoTokenizer
-
         path = Path(path)
         if not (path / "tokenizer.json").exists() and not (path / "vocab.json").exists():
             raise FileNotFoundError(f"{path}: no tokenizer.json or vocab.json; name a Hugging Face tokenizer "
                                     "folder (data.tokenizer) or make the built-in data first")
-        self.tok = AutoTokenizer.from_pretrained(str(path))
         self.context_length = context_length
-        self.sot = self.tok.bos_token_id
-        self.eot = self.tok.eos_token_id
+        plain = _plain_specials(path)
+        if plain is not None:
+            from tokenizers import Tokenizer
+
+            self.backend = Tokenizer.from_file(str(path / "tokenizer.json"))
+            self._size = self.backend.get_vocab_size(with_added_tokens=True)
+            self._encode = lambda texts: [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+            self.sot, self.eot = (None if t is None else self.backend.token_to_id(t) for t in plain)
+        else:
+            from transformers import AutoTokenizer
+
+            hf = AutoTokenizer.from_pretrained(str(path))
+            self.backend = hf.backend_tokenizer if getattr(hf, "is_fast", False) else None
+            self._size = len(hf)
+            self._encode = lambda texts: hf(texts, add_special_tokens=False)["input_ids"]
+            self.sot, self.eot = hf.bos_token_id, hf.eos_token_id
         if self.eot is None:
             raise InputError(f"{path}: the tokenizer defines no end-of-text (eos) token")
 
     @property
     def vocab_size(self) -> int:
         """Model vocabulary needed: the tokenizer's ids shifted by one."""
-        return len(self.tok) + 1
+        return self._size + 1
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
         out = torch.zeros(len(texts), self.context_length, dtype=torch.long)
-        ids_list = self.tok(list(texts), add_special_tokens=False)["input_ids"]
+        ids_list = self._encode(list(texts))
         head = [] if self.sot is None else [self.sot]
         for i, ids in enumerate(ids_list):
             ids = (head + ids)[: self.context_length - 1] + [self.eot]
             out[i, : len(ids)] = torch.tensor(ids) + 1
         return out
+
+
+def _plain_specials(path: Path) -> tuple[str | None, str | None] | None:
+    """(start, end) token strings of a plain ``tokenizers`` folder (PLAIN_CLASSES), else None."""
+    import json
+
+    config = path / "tokenizer_config.json"
+    if not (path / "tokenizer.json").exists() or not config.exists():
+        return None
+    c = json.loads(config.read_text())
+    if c.get("tokenizer_class") not in PLAIN_CLASSES:
+        return None
+    text = [c.get(k) for k in ("bos_token", "eos_token")]
+    return tuple(t.get("content") if isinstance(t, dict) else t for t in text)
 
 
 def tokenizer_path(data) -> Path:
