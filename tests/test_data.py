@@ -135,6 +135,7 @@ def test_plain_bpe_read_without_transformers_gives_transformers_ids(tiny_data, t
     """The built-in BPE folder is read with ``tokenizers`` alone and gives transformers' AutoTokenizer's ids; a copy
     whose config names another class (CLIP's) is read by transformers, as that class splits text."""
     import json
+    import pickle
     import shutil
 
     from transformers import AutoTokenizer
@@ -149,6 +150,7 @@ def test_plain_bpe_read_without_transformers_gives_transformers_ids(tiny_data, t
         ids = [hf.bos_token_id, *ids, hf.eos_token_id]
         expect[i, :len(ids)] = torch.tensor(ids) + 1
     assert torch.equal(plain(texts), expect)
+    assert torch.equal(pickle.loads(pickle.dumps(plain))(texts), expect)   # as a spawned data worker gets it
     assert (plain.sot, plain.eot, plain.vocab_size) == (hf.bos_token_id, hf.eos_token_id, len(hf) + 1)
     other = shutil.copytree(tiny_data / "tokenizer", tmp_path / "other")
     config = json.loads((other / "tokenizer_config.json").read_text())

@@ -47,7 +47,8 @@ PLAIN_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
 
 class TextTokenizer:
     """Callable: list of captions -> LongTensor (n, context_length) of model ids (tokenizer id + 1).
-    ``backend``: the ``tokenizers.Tokenizer`` underneath (None for a slow, vocab.json-only tokenizer)."""
+    ``backend``: the ``tokenizers.Tokenizer`` underneath (None for a slow, vocab.json-only tokenizer); ``hf``: the
+    transformers tokenizer for classes other than PLAIN_CLASSES (None for a plain folder)."""
 
     def __init__(self, path, context_length: int):
         path = Path(path)
@@ -59,18 +60,16 @@ class TextTokenizer:
         if plain is not None:
             from tokenizers import Tokenizer
 
-            self.backend = Tokenizer.from_file(str(path / "tokenizer.json"))
+            self.hf, self.backend = None, Tokenizer.from_file(str(path / "tokenizer.json"))
             self._size = self.backend.get_vocab_size(with_added_tokens=True)
-            self._encode = lambda texts: [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
             self.sot, self.eot = (None if t is None else self.backend.token_to_id(t) for t in plain)
         else:
             from transformers import AutoTokenizer
 
-            hf = AutoTokenizer.from_pretrained(str(path))
-            self.backend = hf.backend_tokenizer if getattr(hf, "is_fast", False) else None
-            self._size = len(hf)
-            self._encode = lambda texts: hf(texts, add_special_tokens=False)["input_ids"]
-            self.sot, self.eot = hf.bos_token_id, hf.eos_token_id
+            self.hf = AutoTokenizer.from_pretrained(str(path))
+            self.backend = self.hf.backend_tokenizer if getattr(self.hf, "is_fast", False) else None
+            self._size = len(self.hf)
+            self.sot, self.eot = self.hf.bos_token_id, self.hf.eos_token_id
         if self.eot is None:
             raise InputError(f"{path}: the tokenizer defines no end-of-text (eos) token")
 
@@ -81,7 +80,9 @@ class TextTokenizer:
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
         out = torch.zeros(len(texts), self.context_length, dtype=torch.long)
-        ids_list = self._encode(list(texts))
+        texts = list(texts)
+        ids_list = ([e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)] if self.hf is None
+                    else self.hf(texts, add_special_tokens=False)["input_ids"])
         head = [] if self.sot is None else [self.sot]
         for i, ids in enumerate(ids_list):
             ids = (head + ids)[: self.context_length - 1] + [self.eot]
